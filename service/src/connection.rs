@@ -1,0 +1,37 @@
+//! Connecting with the settings this workspace relies on.
+
+use std::time::Duration;
+
+use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+
+/// The embedded default: `agent_runner_state.db` in the working directory,
+/// created if missing.
+pub const DEFAULT_SQLITE_URL: &str = "sqlite://agent_runner_state.db?mode=rwc";
+
+/// How long a SQLite writer waits for another before `SQLITE_BUSY`.
+pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connect options for `url`: SQLite files in WAL mode with a busy timeout
+/// (several processes share them), no per-statement logging.
+pub fn connect_options(url: &str) -> ConnectOptions {
+    let mut opts = ConnectOptions::new(url.to_owned());
+    opts.sqlx_logging(false)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(30))
+        .map_sqlx_sqlite_opts(|o: SqliteConnectOptions| {
+            o.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(SQLITE_BUSY_TIMEOUT)
+                .foreign_keys(true)
+        });
+    opts
+}
+
+/// Connects to `url` with [`connect_options`].
+///
+/// # Errors
+/// The URL is malformed, the server is unreachable, or authentication fails.
+pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
+    Database::connect(connect_options(url)).await
+}
