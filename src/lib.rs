@@ -1,1 +1,409 @@
-//! test support
+//! Test support for the workspace's top-level `tests/`: a database of its own
+//! per test on each backend, LangBot's DDL, the reference vectors, and the
+//! migration binary.
+//!
+//! Base URLs come from `TEST_POSTGRES_URL` and `TEST_MYSQL_URL`
+//! (`scripts/test-dbs.sh` prints them). A backend whose URL is missing or
+//! unreachable fails its tests: nothing is skipped silently. `TEST_BACKENDS`
+//! (e.g. `sqlite`) narrows the backends for a quick local run; under
+//! `CI=true` it must name all three.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+
+/// A backend the tests run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A temporary SQLite file.
+    Sqlite,
+    /// PostgreSQL, from `TEST_POSTGRES_URL`.
+    Postgres,
+    /// MariaDB or MySQL, from `TEST_MYSQL_URL`.
+    MySql,
+}
+
+impl Backend {
+    /// Name used in snapshots and file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+            Self::MySql => "mysql",
+        }
+    }
+
+    fn env_var(self) -> &'static str {
+        match self {
+            Self::Sqlite => "",
+            Self::Postgres => "TEST_POSTGRES_URL",
+            Self::MySql => "TEST_MYSQL_URL",
+        }
+    }
+
+    /// Whether `TEST_BACKENDS` selects this backend (all by default).
+    fn selected(self) -> bool {
+        let Ok(list) = std::env::var("TEST_BACKENDS") else {
+            return true;
+        };
+        let on = list.split(',').any(|b| b.trim() == self.name());
+        if !on && is_ci() {
+            panic!(
+                "CI=true but TEST_BACKENDS={list:?} leaves out {}",
+                self.name()
+            );
+        }
+        on
+    }
+}
+
+fn is_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// A database that exists for one test and is dropped when this is.
+pub struct TestDb {
+    /// The backend.
+    pub backend: Backend,
+    /// URL of the test's own database.
+    pub url: String,
+    /// A connection pool on it.
+    pub db: DatabaseConnection,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    File(PathBuf),
+    Database { admin_url: String, name: String },
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn unique_name(hint: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let hint: String = hint
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .take(30)
+        .collect();
+    format!(
+        "t_{hint}_{}_{}_{nanos:x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn split_base(url: &str) -> &str {
+    // Base URLs name a server, not a database: drop a trailing path if given.
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    match url[after_scheme..].find('/') {
+        Some(slash) => &url[..after_scheme + slash],
+        None => url,
+    }
+}
+
+impl TestDb {
+    /// A new, empty database on `backend`, or `None` when `TEST_BACKENDS`
+    /// leaves the backend out (the caller prints that it did not run).
+    ///
+    /// # Panics
+    /// When the backend's URL is missing or the server does not answer.
+    pub async fn new(backend: Backend, hint: &str) -> Option<Self> {
+        if !backend.selected() {
+            return None;
+        }
+        let name = unique_name(hint);
+        let (url, cleanup) = match backend {
+            Backend::Sqlite => {
+                let path = std::env::temp_dir().join(format!("{name}.db"));
+                let url = format!("sqlite://{}?mode=rwc", path.display());
+                (url, Cleanup::File(path))
+            }
+            Backend::Postgres | Backend::MySql => {
+                let var = backend.env_var();
+                let base = std::env::var(var).unwrap_or_else(|_| {
+                    panic!(
+                        "{var} is not set: start the test databases with scripts/test-dbs.sh \
+                         (or use scripts/test.sh), or narrow TEST_BACKENDS"
+                    )
+                });
+                let base = split_base(&base).to_owned();
+                let admin_url = match backend {
+                    Backend::Postgres => format!("{base}/postgres"),
+                    _ => format!("{base}/mysql"),
+                };
+                let admin = service::connection::connect(&admin_url)
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!("{} at {admin_url} is unreachable: {e}", backend.name())
+                    });
+                // The server defaults decide the database's collation: the
+                // tests must see the production-like ones.
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+                admin.close().await.ok();
+                (
+                    format!("{base}/{name}"),
+                    Cleanup::Database { admin_url, name },
+                )
+            }
+        };
+        let db = service::connection::connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        Some(Self {
+            backend,
+            url,
+            db,
+            cleanup,
+        })
+    }
+
+    /// Runs `sql` (no parameters), panicking with the statement on error.
+    pub async fn exec(&self, sql: &str) {
+        self.db
+            .execute_unprepared(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// Every row of `sql` as text cells (NULL as `None`), for comparing whole
+    /// tables before and after. Uses a connection of its own: a pooled one may
+    /// hold a cached plan from before a column's type changed (PostgreSQL).
+    pub async fn rows_as_text(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        let db = service::connection::connect(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("connect {}: {e}", self.url));
+        let rows = db
+            .query_all_raw(Statement::from_string(db.get_database_backend(), sql))
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        db.close().await.ok();
+        rows.iter()
+            .map(|r| {
+                r.column_names()
+                    .iter()
+                    .map(|c| cell_as_text(r, c))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Builds the database a running LangBot has: its own DDL for this
+    /// backend, `agent_runner_state` and `legacy_pipelines`.
+    pub async fn create_langbot_schema(&self) {
+        for stmt in langbot_ddl(self.backend) {
+            self.exec(&stmt).await;
+        }
+    }
+}
+
+fn cell_as_text(row: &sea_orm::QueryResult, col: &str) -> Option<String> {
+    if let Ok(v) = row.try_get::<Option<String>>("", col) {
+        return v;
+    }
+    if let Ok(v) = row.try_get::<Option<i64>>("", col) {
+        return v.map(|v| v.to_string());
+    }
+    if let Ok(v) = row.try_get::<Option<i32>>("", col) {
+        return v.map(|v| v.to_string());
+    }
+    if let Ok(v) = row.try_get::<Option<bool>>("", col) {
+        return v.map(|v| v.to_string());
+    }
+    if let Ok(v) = row.try_get::<Option<chrono::NaiveDateTime>>("", col) {
+        return v.map(|v| v.to_string());
+    }
+    if let Ok(v) = row.try_get::<Option<serde_json::Value>>("", col) {
+        return v.map(|v| v.to_string());
+    }
+    panic!("column {col}: no text form for its type")
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        match &self.cleanup {
+            Cleanup::File(path) => {
+                for suffix in ["", "-wal", "-shm", "-journal"] {
+                    let mut p = path.clone().into_os_string();
+                    p.push(suffix);
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+            Cleanup::Database { admin_url, name } => {
+                let (admin_url, name, backend) = (admin_url.clone(), name.clone(), self.backend);
+                // Drop runs inside the test's runtime: use a thread of our own.
+                let dropped = std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime");
+                    rt.block_on(async {
+                        let admin = service::connection::connect(&admin_url).await?;
+                        let sql = match backend {
+                            Backend::Postgres => {
+                                format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+                            }
+                            _ => format!("DROP DATABASE IF EXISTS {name}"),
+                        };
+                        admin.execute_unprepared(&sql).await?;
+                        admin.close().await
+                    })
+                })
+                .join();
+                if !matches!(dropped, Ok(Ok(()))) {
+                    eprintln!("warning: could not drop test database {}", self.url);
+                }
+            }
+        }
+    }
+}
+
+/// Runs `scenario` on a fresh database of `backend`; the database is dropped
+/// afterwards, whether the scenario passed or panicked.
+pub async fn run_on<F, Fut>(backend: Backend, hint: &str, scenario: F)
+where
+    F: FnOnce(TestDb) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    match TestDb::new(backend, hint).await {
+        Some(db) => scenario(db).await,
+        None => eprintln!("{hint}: {} left out by TEST_BACKENDS", backend.name()),
+    }
+}
+
+/// Expands each `async fn name(db: TestDb)` into a module `name` with one
+/// test per backend: `name::sqlite`, `name::postgres`, `name::mysql`.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                $crate::run_on($crate::Backend::Sqlite, stringify!($scenario), super::$scenario).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                $crate::run_on($crate::Backend::Postgres, stringify!($scenario), super::$scenario).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql() {
+                $crate::run_on($crate::Backend::MySql, stringify!($scenario), super::$scenario).await
+            }
+        }
+    )*};
+}
+
+/// The folder of reference vectors: `LANGBOT_VECTORS_DIR` when set, else
+/// `../shared/vectors` beside the project, else the copy in `tests/data/vectors`.
+pub fn vectors_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("LANGBOT_VECTORS_DIR") {
+        return PathBuf::from(dir);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shared = root.join("../shared/vectors");
+    if shared.is_dir() {
+        shared
+    } else {
+        root.join("tests/data/vectors")
+    }
+}
+
+/// Reads a vector file as JSON.
+///
+/// # Panics
+/// When it is missing or not JSON.
+pub fn read_vectors(file: &str) -> serde_json::Value {
+    let path = vectors_dir().join(file);
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
+}
+
+/// LangBot's DDL for `backend`, one statement per item.
+pub fn langbot_ddl(backend: Backend) -> Vec<String> {
+    let file = match backend {
+        Backend::Sqlite => "sqlite.sql",
+        Backend::Postgres => "postgres.sql",
+        Backend::MySql => "mysql.sql",
+    };
+    let path = vectors_dir().join("langbot_schema").join(file);
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        if line.trim() == ";" {
+            if !current.trim().is_empty() {
+                out.push(std::mem::take(&mut current));
+            }
+            current.clear();
+        } else if !line.trim_start().starts_with("--") {
+            current.push_str(line);
+            current.push('\n');
+        }
+    }
+    if !current.trim().is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+/// Path of the `migration` binary, built once per test process.
+pub fn migration_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current exe");
+        // target/<profile>/deps/<test> -> target/<profile>/migration
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target profile dir");
+        let bin = profile_dir.join(format!("migration{}", std::env::consts::EXE_SUFFIX));
+        if bin.exists() {
+            // scripts/test.sh builds the binaries before the tests run.
+            return bin;
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "--quiet", "-p", "migration", "--bin", "migration"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build -p migration failed");
+        assert!(bin.exists(), "{} not found", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// Installs insta settings that keep every snapshot in the top-level
+/// `snapshots/` folder, and runs `f` under them.
+pub fn with_snapshots<R>(f: impl FnOnce() -> R) -> R {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots"));
+    settings.set_prepend_module_to_snapshot(false);
+    settings.bind(f)
+}
+
+/// The backend of a connection, as the tests name it.
+pub fn backend_of(db: &DatabaseConnection) -> Backend {
+    match db.get_database_backend() {
+        DbBackend::Postgres => Backend::Postgres,
+        DbBackend::MySql => Backend::MySql,
+        _ => Backend::Sqlite,
+    }
+}

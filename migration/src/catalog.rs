@@ -23,6 +23,8 @@ pub struct ColumnInfo {
     pub collation: Option<String>,
     /// Default expression, if any.
     pub default: Option<String>,
+    /// Other attributes the catalog reports (MySQL's `auto_increment`).
+    pub extra: Option<String>,
 }
 
 /// Kind of an index.
@@ -85,23 +87,10 @@ impl fmt::Display for TableSchema {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "table {}", self.name)?;
         for c in &self.columns {
-            write!(f, "  column {} {}", c.name, c.data_type)?;
-            f.write_str(if c.nullable { " null" } else { " not null" })?;
-            if let Some(coll) = &c.collation {
-                write!(f, " collate {coll}")?;
-            }
-            if let Some(default) = &c.default {
-                write!(f, " default {default}")?;
-            }
-            writeln!(f)?;
+            writeln!(f, "  {}", c.describe())?;
         }
         for i in &self.indexes {
-            let kind = match i.kind {
-                IndexKind::Primary => "primary key",
-                IndexKind::Unique => "unique",
-                IndexKind::Index => "index",
-            };
-            writeln!(f, "  {kind} {} ({})", i.name, i.columns.join(", "))?;
+            writeln!(f, "  {}", i.describe())?;
         }
         Ok(())
     }
@@ -219,6 +208,7 @@ async fn pg_columns<C: ConnectionTrait>(db: &C, table: &str) -> Result<Vec<Colum
                 nullable: r.try_get_by_index(2)?,
                 collation: r.try_get_by_index(3)?,
                 default: r.try_get_by_index(4)?,
+                extra: None,
             })
         })
         .collect()
@@ -264,16 +254,16 @@ async fn mysql_columns<C: ConnectionTrait>(db: &C, table: &str) -> Result<Vec<Co
             let extra: Option<String> = r.try_get_by_index(5)?;
             // MariaDB reports "no default" as the text NULL on nullable columns.
             let default = default.filter(|d| d != "NULL");
-            let default = match extra.as_deref().map(str::trim) {
-                Some(e) if !e.is_empty() => Some(default.map_or(e.to_lowercase(), |d| format!("{d} {e}"))),
-                _ => default,
-            };
+            let extra = extra
+                .map(|e| e.trim().to_lowercase())
+                .filter(|e| !e.is_empty());
             Ok(ColumnInfo {
                 name: r.try_get_by_index(0)?,
                 data_type: r.try_get_by_index::<String>(1)?.to_lowercase(),
                 nullable: nullable == "YES",
                 collation: r.try_get_by_index(3)?,
                 default,
+                extra,
             })
         })
         .collect()
@@ -301,7 +291,8 @@ async fn mysql_indexes<C: ConnectionTrait>(db: &C, table: &str) -> Result<Vec<In
 }
 
 async fn sqlite_columns<C: ConnectionTrait>(db: &C, table: &str) -> Result<Vec<ColumnInfo>, DbErr> {
-    let sql = "SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_info(?) ORDER BY cid";
+    let sql =
+        "SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_info(?) ORDER BY cid";
     rows(db, sql, [table.into()])
         .await?
         .iter()
@@ -316,6 +307,7 @@ async fn sqlite_columns<C: ConnectionTrait>(db: &C, table: &str) -> Result<Vec<C
                 nullable: not_null == 0 && pk == 0,
                 collation: None,
                 default: r.try_get_by_index(3)?,
+                extra: None,
             })
         })
         .collect()
@@ -384,4 +376,74 @@ fn split_columns(joined: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .collect()
+}
+
+impl ColumnInfo {
+    fn describe(&self) -> String {
+        let mut s = format!(
+            "column {} {}{}",
+            self.name,
+            self.data_type,
+            if self.nullable { " null" } else { " not null" }
+        );
+        if let Some(coll) = &self.collation {
+            s.push_str(&format!(" collate {coll}"));
+        }
+        if let Some(default) = &self.default {
+            s.push_str(&format!(" default {default}"));
+        }
+        if let Some(extra) = &self.extra {
+            s.push_str(&format!(" {extra}"));
+        }
+        s
+    }
+}
+
+impl IndexInfo {
+    fn describe(&self) -> String {
+        let kind = match self.kind {
+            IndexKind::Primary => "primary key",
+            IndexKind::Unique => "unique",
+            IndexKind::Index => "index",
+        };
+        format!("{kind} {} ({})", self.name, self.columns.join(", "))
+    }
+}
+
+/// What differs from `from` to `to`, one `- ` / `+ ` line per column or
+/// index that was removed, added or changed; empty when they agree.
+pub fn diff(from: &TableSchema, to: &TableSchema) -> Vec<String> {
+    let mut out = Vec::new();
+    for c in &from.columns {
+        match to.column(&c.name) {
+            Some(t) if t == c => {}
+            Some(t) => {
+                out.push(format!("- {}", c.describe()));
+                out.push(format!("+ {}", t.describe()));
+            }
+            None => out.push(format!("- {}", c.describe())),
+        }
+    }
+    for t in &to.columns {
+        if from.column(&t.name).is_none() {
+            out.push(format!("+ {}", t.describe()));
+        }
+    }
+    let find = |s: &TableSchema, name: &str| s.indexes.iter().find(|i| i.name == name).cloned();
+    for i in &from.indexes {
+        match find(to, &i.name) {
+            Some(t) if t == *i => {}
+            Some(t) => {
+                out.push(format!("- {}", i.describe()));
+                out.push(format!("+ {}", t.describe()));
+            }
+            None => out.push(format!("- {}", i.describe())),
+        }
+    }
+    for t in &to.indexes {
+        if find(from, &t.name).is_none() {
+            out.push(format!("+ {}", t.describe()));
+        }
+    }
+    out
 }

@@ -11,6 +11,8 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261125_000001_create_agent_runner_state::Migration)]
+        vec![Box::new(
+            m20261125_000001_create_agent_runner_state::Migration,
+        )]
     }
 }

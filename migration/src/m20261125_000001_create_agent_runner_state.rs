@@ -30,9 +30,15 @@ pub const UNIQUE_KEY: (&str, &[&str]) = (
 /// The indexes LangBot's Alembic revision creates, by their exact names.
 pub const INDEXES: &[(&str, &[&str])] = &[
     ("ix_agent_runner_state_actor_id", &["actor_id"]),
-    ("ix_agent_runner_state_binding_identity", &["binding_identity"]),
+    (
+        "ix_agent_runner_state_binding_identity",
+        &["binding_identity"],
+    ),
     ("ix_agent_runner_state_bot_id", &["bot_id"]),
-    ("ix_agent_runner_state_conversation_id", &["conversation_id"]),
+    (
+        "ix_agent_runner_state_conversation_id",
+        &["conversation_id"],
+    ),
     (
         "ix_agent_runner_state_runner_binding",
         &["runner_id", "binding_identity"],

@@ -6,12 +6,13 @@
 //! a database shared with LangBot is all of LangBot's data.
 
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use migration::{Migrator, MigratorTrait, catalog};
 use sea_orm_migration::MigrationStatus;
 use sea_orm_migration::sea_orm::{DatabaseConnection, DbErr};
-use service::connection::{DEFAULT_SQLITE_URL, connect};
+use service::connection::{DEFAULT_SQLITE_URL, connect, probe};
 
 /// Exit code of `status` when migrations are pending.
 const EXIT_PENDING: u8 = 3;
@@ -28,6 +29,16 @@ struct Cli {
     /// Database URL (postgres://, mysql://, sqlite://).
     #[arg(short = 'u', long, env = "DATABASE_URL", global = true)]
     database_url: Option<String>,
+
+    /// Keep retrying an unreachable server for this many seconds (a deploy
+    /// may start before its database); 0 tries once.
+    #[arg(
+        long,
+        env = "MIGRATION_WAIT_FOR_DB",
+        default_value_t = 0,
+        global = true
+    )]
+    wait_for_db: u64,
 
     /// Show debug messages.
     #[arg(short = 'v', long, global = true)]
@@ -116,6 +127,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             DEFAULT_SQLITE_URL.to_owned()
         }
     };
+    wait_for_server(&url, Duration::from_secs(cli.wait_for_db)).await?;
     let db = connect(&url)
         .await
         .map_err(|e| format!("cannot connect to {}: {}", redact(&url), db_message(&e)))?;
@@ -142,6 +154,31 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
     };
     result.map_err(|e| db_message(&e))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tries a plain connection, with backoff until `patience` runs out, so that
+/// the error names the cause (refused, bad password...) rather than a pool
+/// timeout.
+async fn wait_for_server(url: &str, patience: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + patience;
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match probe(url).await {
+            Ok(()) => return Ok(()),
+            Err(cause) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() || cause.contains("scheme") || cause.contains("parse") {
+                    return Err(format!("cannot connect to {}: {cause}", redact(url)));
+                }
+                tracing::warn!(
+                    "database not reachable yet ({cause}); retrying for {}s more",
+                    left.as_secs()
+                );
+                tokio::time::sleep(delay.min(left)).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
 }
 
 /// Prints each migration and whether it is applied; never writes (no

@@ -35,3 +35,39 @@ pub fn connect_options(url: &str) -> ConnectOptions {
 pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     Database::connect(connect_options(url)).await
 }
+
+/// Opens and closes one plain connection to `url`, to learn why a server
+/// cannot be reached: a pool only reports that it timed out.
+///
+/// # Errors
+/// The driver's own error (malformed URL, refused connection, bad password,
+/// unknown database), as text.
+pub async fn probe(url: &str) -> Result<(), String> {
+    use sea_orm::sqlx::{
+        Connection, SqliteConnection, mysql::MySqlConnection, postgres::PgConnection,
+    };
+    let scheme = url.split("://").next().unwrap_or_default();
+    let result = match scheme {
+        "postgres" | "postgresql" => match PgConnection::connect(url).await {
+            Ok(c) => c.close().await,
+            Err(e) => Err(e),
+        },
+        "mysql" | "mariadb" => match MySqlConnection::connect(url).await {
+            Ok(c) => c.close().await,
+            Err(e) => Err(e),
+        },
+        "sqlite" => match url.parse::<SqliteConnectOptions>() {
+            Ok(o) => match SqliteConnection::connect_with(&o).await {
+                Ok(c) => c.close().await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        },
+        _ => {
+            return Err(format!(
+                "unsupported URL scheme {scheme:?}: use postgres://, mysql:// or sqlite://"
+            ));
+        }
+    };
+    result.map_err(|e| e.to_string())
+}
