@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test command: starts the test databases (installing MariaDB if needed),
+# builds the binaries the tests run as processes, and runs every test on
+# SQLite, PostgreSQL and MariaDB. Extra arguments go to cargo nextest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+eval "$(scripts/test-dbs.sh | sed 's/^/export /')"
+cargo build --workspace --bins --quiet
+# Doctests (the crate READMEs) are not run by nextest.
+cargo test --workspace --doc --quiet
+exec cargo nextest run --workspace --no-fail-fast "$@"

@@ -1,0 +1,174 @@
+//! The deploy binary as a deploy pipeline runs it: a process, its exit code
+//! and its output.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use agent_runner_state_tests::{Backend, TestDb, langbot_ddl, migration_bin, on_every_backend};
+use migration::catalog;
+use migration::m20261125_000001_create_agent_runner_state::{INDEXES, TABLE, UNIQUE_KEY};
+
+fn migration(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(migration_bin())
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("DATABASE_URL")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run migration binary")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ars-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn open_sqlite(path: &Path) -> sea_orm::DatabaseConnection {
+    service::connection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn no_url_creates_the_embedded_sqlite_database() {
+    let dir = temp_dir("embedded");
+    let out = migration(&dir, &["up"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("using embedded SQLite ./agent_runner_state.db"),
+        "{}",
+        stderr(&out)
+    );
+    let db = open_sqlite(&dir.join("agent_runner_state.db")).await;
+    let schema = catalog::read_table(&db, TABLE).await.unwrap().unwrap();
+    assert!(schema.has_unique_on(UNIQUE_KEY.1));
+    for (name, _) in INDEXES {
+        assert!(schema.has_index(name), "{name}");
+    }
+    db.close().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn no_url_adopts_a_langbot_sqlite_file_with_rows() {
+    let dir = temp_dir("adopt");
+    let path = dir.join("agent_runner_state.db");
+    let db = service::connection::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+        .await
+        .unwrap();
+    use sea_orm::ConnectionTrait;
+    for stmt in langbot_ddl(Backend::Sqlite) {
+        db.execute_unprepared(&stmt).await.unwrap();
+    }
+    for i in 0..50 {
+        db.execute_unprepared(&format!(
+            "INSERT INTO agent_runner_state (runner_id, binding_identity, scope, scope_key, \
+             state_key, value_json, created_at, updated_at) VALUES ('r', 'b', 'runner', \
+             'runner:v2:{i}', 'k{i}', '{{\"i\": {i}}}', '2025-01-01 00:00:00', '2025-01-01 00:00:00')"
+        ))
+        .await
+        .unwrap();
+    }
+    db.close().await.unwrap();
+
+    let out = migration(&dir, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("adopting existing agent_runner_state"));
+
+    let db = open_sqlite(&path).await;
+    let rows = db
+        .query_all_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT state_key, value_json FROM agent_runner_state ORDER BY id",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 50);
+    for (i, r) in rows.iter().enumerate() {
+        assert_eq!(r.try_get_by_index::<String>(0).unwrap(), format!("k{i}"));
+        assert_eq!(
+            r.try_get_by_index::<String>(1).unwrap(),
+            format!("{{\"i\": {i}}}")
+        );
+    }
+    db.close().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_urls_give_one_error_line_and_exit_1() {
+    let dir = temp_dir("bad-url");
+    for url in [
+        "bogus",
+        "postgres://nobody@127.0.0.1:1/db",
+        "mysql://nobody:secret@127.0.0.1:1/db",
+        "sqlite:///nonexistent-dir/x/y.db",
+    ] {
+        let out = migration(&dir, &["-u", url, "up"]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{url}: {err}");
+        let lines: Vec<_> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{url}: {err}");
+        assert!(lines[0].starts_with("error: cannot connect to "), "{err}");
+        assert!(!err.contains("secret"), "password leaked: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+async fn status_gates_deploys_and_never_writes(t: TestDb) {
+    let dir = temp_dir(&format!("status-{}", t.backend.name()));
+    let out = migration(&dir, &["-u", &t.url, "status"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 applied, 1 pending"));
+    assert_eq!(
+        catalog::table_names(&t.db).await.unwrap(),
+        Vec::<String>::new()
+    );
+
+    let out = migration(&dir, &["-u", &t.url, "up"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = migration(&dir, &["-u", &t.url, "status"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 applied, 0 pending"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+async fn destructive_commands_spare_langbot_tables(t: TestDb) {
+    t.create_langbot_schema().await;
+    t.exec("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)")
+        .await;
+    t.exec("INSERT INTO alembic_version (version_num) VALUES ('abc')")
+        .await;
+    let dir = temp_dir(&format!("fresh-{}", t.backend.name()));
+    let out = migration(&dir, &["-u", &t.url, "up"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let before = catalog::table_names(&t.db).await.unwrap();
+
+    for cmd in ["fresh", "refresh", "reset"] {
+        let out = migration(&dir, &["-u", &t.url, cmd]);
+        assert_eq!(out.status.code(), Some(1), "{cmd}: {}", stderr(&out));
+        assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
+        assert_eq!(catalog::table_names(&t.db).await.unwrap(), before);
+    }
+    let out = migration(&dir, &["-u", &t.url, "fresh", "--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(catalog::table_names(&t.db).await.unwrap(), before);
+    assert_eq!(
+        t.rows_as_text("SELECT version_num FROM alembic_version")
+            .await,
+        vec![vec![Some("abc".to_owned())]]
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+on_every_backend!(
+    status_gates_deploys_and_never_writes,
+    destructive_commands_spare_langbot_tables,
+);

@@ -1,0 +1,98 @@
+//! LangBot's own reference vectors (`../shared/vectors/`, or the folder named
+//! by `LANGBOT_VECTORS_DIR`), reproduced exactly. Each check reports every
+//! failing case by index, and fails when a file holds no case.
+
+use std::collections::BTreeMap;
+
+use agent_runner_state_tests::read_vectors;
+use serde::Deserialize;
+use service::identity::{Binding, Event, IdentityColumns, Scope, binding_identity};
+
+#[derive(Deserialize)]
+struct ScopeKeyCase {
+    runner_id: String,
+    binding: Binding,
+    event: Event,
+    expected: ScopeKeyExpected,
+}
+
+#[derive(Deserialize)]
+struct ScopeKeyExpected {
+    binding_identity: String,
+    scope_keys: BTreeMap<Scope, String>,
+}
+
+/// Fails with every collected failure, or when nothing was checked.
+fn report(file: &str, checked: usize, failures: Vec<String>) {
+    assert!(checked > 0, "{file} holds no case");
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} cases of {file} failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    eprintln!("{file}: {checked} cases passed");
+}
+
+#[test]
+fn scope_keys() {
+    let cases: Vec<ScopeKeyCase> =
+        serde_json::from_value(read_vectors("scope_keys.json")).expect("scope_keys.json cases");
+    let mut failures = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        let identity = binding_identity(&case.binding);
+        if identity != case.expected.binding_identity {
+            failures.push(format!(
+                "case {i} ({:?}): binding_identity {identity:?}, expected {:?}",
+                case.runner_id, case.expected.binding_identity
+            ));
+        }
+        let keys =
+            IdentityColumns::from_event(&case.runner_id, &case.binding, &case.event).scope_keys();
+        if keys != case.expected.scope_keys {
+            failures.push(format!(
+                "case {i} ({:?}): scope keys {keys:?}, expected {:?}",
+                case.runner_id, case.expected.scope_keys
+            ));
+        }
+    }
+    report("scope_keys.json", cases.len(), failures);
+}
+
+/// The copy in `tests/data/vectors` (used where `../shared` is absent) must
+/// not drift from LangBot's originals.
+#[test]
+fn bundled_copy_matches_shared_vectors() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shared = root.join("../shared/vectors");
+    if !shared.is_dir() {
+        eprintln!("../shared/vectors absent: the bundled copy is the reference");
+        return;
+    }
+    let mut compared = 0;
+    for entry in walk(&shared) {
+        let rel = entry.strip_prefix(&shared).unwrap();
+        let bundled = root.join("tests/data/vectors").join(rel);
+        assert_eq!(
+            std::fs::read(&entry).unwrap(),
+            std::fs::read(&bundled).unwrap_or_default(),
+            "tests/data/vectors/{} differs from ../shared/vectors",
+            rel.display()
+        );
+        compared += 1;
+    }
+    assert!(compared > 0);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
