@@ -1,4 +1,12 @@
 #![doc = include_str!("../README.md")]
 
 pub mod connection;
+pub mod error;
 pub mod identity;
+pub mod policy;
+pub mod store;
+
+pub use error::{Result, StateError};
+pub use identity::{Actor, Binding, Event, IdentityColumns, Scope, Subject};
+pub use policy::StatePolicy;
+pub use store::{KeyPage, StateContext, StateSnapshot, StateStore};

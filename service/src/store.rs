@@ -1,0 +1,519 @@
+//! The state store: set, get, delete, list and snapshot of one runner's
+//! state, the same on SQLite, PostgreSQL and MySQL (SPEC section 5).
+//!
+//! Every input is checked before any SQL runs, so a refusal never leaves a
+//! half-written row. Key columns compare by code point on every backend (the
+//! migration gives them exact collations), so keys that differ only in case,
+//! trailing spaces or normalisation stay distinct, and prefixes are matched
+//! as a code-point range, never as a `LIKE` pattern.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{NaiveDateTime, SubsecRound, Utc};
+use entity::agent_runner_state::{self, ActiveModel, COLUMN, Entity};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, RuntimeErr,
+};
+use serde_json::Value;
+
+use crate::error::{Result, StateError};
+use crate::identity::{IdentityColumns, Scope};
+use crate::policy::StatePolicy;
+
+/// Largest serialised value, in bytes of UTF-8.
+pub const MAX_VALUE_BYTES: usize = 262_144;
+
+/// Most keys one `list` returns.
+pub const MAX_LIST_LIMIT: u64 = 100;
+
+/// The public key runners use for the conversation id they see.
+pub const CONVERSATION_ID_KEY: &str = "conversation_id";
+
+/// Where that key is stored.
+pub const EXTERNAL_CONVERSATION_ID_KEY: &str = "external.conversation_id";
+
+/// How often a set is retried after a deadlock or lock timeout.
+const MAX_RETRIES: u32 = 5;
+
+/// The identity of one event for one runner: the row's context columns and
+/// the key of every scope that has its identity, computed once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateContext {
+    columns: IdentityColumns,
+    keys: BTreeMap<Scope, String>,
+}
+
+impl StateContext {
+    /// The context for these identity columns.
+    pub fn new(columns: IdentityColumns) -> Self {
+        let keys = columns.scope_keys();
+        Self { columns, keys }
+    }
+
+    /// The identity columns.
+    pub fn columns(&self) -> &IdentityColumns {
+        &self.columns
+    }
+
+    /// The key of `scope`, when the event has its identity.
+    pub fn scope_key(&self, scope: Scope) -> Option<&str> {
+        self.keys.get(&scope).map(String::as_str)
+    }
+
+    fn require_key(&self, scope: Scope) -> Result<&str> {
+        self.scope_key(scope)
+            .ok_or(StateError::MissingIdentity(scope))
+    }
+}
+
+/// One page of keys from [`StateStore::list`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KeyPage {
+    /// Keys in code point order.
+    pub keys: Vec<String>,
+    /// Whether more keys match past this page.
+    pub has_more: bool,
+}
+
+/// A snapshot of state for an event: all four scopes, always present.
+pub type StateSnapshot = BTreeMap<Scope, BTreeMap<String, Value>>;
+
+/// The state store over any SeaORM connection: a pool, or the caller's
+/// transaction (then nothing is retried: a deadlock on MySQL rolls the whole
+/// transaction back, which only the caller can redo).
+#[derive(Clone, Copy, Debug)]
+pub struct StateStore<'c, C> {
+    db: &'c C,
+    retry: bool,
+}
+
+impl<'c, C> StateStore<'c, C>
+where
+    C: ConnectionTrait + 'static,
+{
+    /// A store on `db`.
+    pub fn new(db: &'c C) -> Self {
+        let in_transaction = (db as &dyn std::any::Any).is::<DatabaseTransaction>();
+        Self {
+            db,
+            retry: !in_transaction,
+        }
+    }
+
+    /// Stores `value` under `key` in `scope`: one upsert statement. A first
+    /// set records the context columns; later ones change only the value and
+    /// `updated_at`.
+    ///
+    /// # Errors
+    /// Missing identity for the scope, a text over its column's length or
+    /// holding U+0000, a value over [`MAX_VALUE_BYTES`], or a database error.
+    pub async fn set(
+        &self,
+        ctx: &StateContext,
+        scope: Scope,
+        key: &str,
+        value: &Value,
+    ) -> Result<()> {
+        let scope_key = ctx.require_key(scope)?;
+        let key = public_key(key);
+        validate_key(key)?;
+        validate_context(ctx.columns())?;
+        let value_json = serialize_value(value)?;
+        let now = now(self.db.get_database_backend());
+        let c = ctx.columns();
+        let row = ActiveModel {
+            id: NotSet,
+            runner_id: Set(c.runner_id.clone()),
+            binding_identity: Set(c.binding_identity.clone()),
+            scope: Set(scope.as_str().to_owned()),
+            scope_key: Set(scope_key.to_owned()),
+            state_key: Set(key.to_owned()),
+            value_json: Set(Some(value_json)),
+            bot_id: Set(c.bot_id.clone()),
+            workspace_id: Set(c.workspace_id.clone()),
+            conversation_id: Set(c.conversation_id.clone()),
+            thread_id: Set(c.thread_id.clone()),
+            actor_type: Set(c.actor_type.clone()),
+            actor_id: Set(c.actor_id.clone()),
+            subject_type: Set(c.subject_type.clone()),
+            subject_id: Set(c.subject_id.clone()),
+            created_at: Set(now),
+            updated_at: Set(now),
+        };
+        let upsert = OnConflict::columns([
+            agent_runner_state::Column::ScopeKey,
+            agent_runner_state::Column::StateKey,
+        ])
+        .update_columns([
+            agent_runner_state::Column::ValueJson,
+            agent_runner_state::Column::UpdatedAt,
+        ])
+        .to_owned();
+        self.retrying("set", || {
+            Entity::insert(row.clone())
+                .on_conflict(upsert.clone())
+                .exec_without_returning(self.db)
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// The value stored under `key` in `scope`, if any.
+    ///
+    /// # Errors
+    /// Missing identity, an invalid key, a stored value that is not JSON, or a
+    /// database error.
+    pub async fn get(&self, ctx: &StateContext, scope: Scope, key: &str) -> Result<Option<Value>> {
+        let scope_key = ctx.require_key(scope)?;
+        self.get_by_scope_key(scope_key, key).await
+    }
+
+    /// [`get`](Self::get) by a raw scope key: for operators, not runners.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    pub async fn get_by_scope_key(&self, scope_key: &str, key: &str) -> Result<Option<Value>> {
+        let key = public_key(key);
+        validate_key(key)?;
+        validate_text("scope_key", scope_key, 512)?;
+        let stored: Option<Option<String>> = Entity::find()
+            .select_only()
+            .column(agent_runner_state::Column::ValueJson)
+            .filter(COLUMN.scope_key.eq(scope_key))
+            .filter(COLUMN.state_key.eq(key))
+            .into_tuple()
+            .one(self.db)
+            .await?;
+        match stored.flatten() {
+            None => Ok(None),
+            Some(text) => {
+                serde_json::from_str(&text)
+                    .map(Some)
+                    .map_err(|source| StateError::CorruptValue {
+                        scope_key: scope_key.to_owned(),
+                        state_key: key.to_owned(),
+                        source,
+                    })
+            }
+        }
+    }
+
+    /// Removes `key` from `scope`; true if a row was removed.
+    ///
+    /// # Errors
+    /// Missing identity, an invalid key, or a database error.
+    pub async fn delete(&self, ctx: &StateContext, scope: Scope, key: &str) -> Result<bool> {
+        let scope_key = ctx.require_key(scope)?;
+        let key = public_key(key);
+        validate_key(key)?;
+        let removed = self
+            .retrying("delete", || {
+                Entity::delete_many()
+                    .filter(COLUMN.scope_key.eq(scope_key))
+                    .filter(COLUMN.state_key.eq(key))
+                    .exec(self.db)
+            })
+            .await?;
+        Ok(removed.rows_affected > 0)
+    }
+
+    /// Keys of `scope` in code point order, optionally those starting with
+    /// `prefix` (taken literally: `%`, `_` and `\` are plain characters).
+    /// `limit` is capped at 100; missing, zero or negative means 100.
+    ///
+    /// # Errors
+    /// Missing identity, an invalid prefix, or a database error.
+    pub async fn list(
+        &self,
+        ctx: &StateContext,
+        scope: Scope,
+        prefix: Option<&str>,
+        limit: Option<i64>,
+    ) -> Result<KeyPage> {
+        let scope_key = ctx.require_key(scope)?;
+        let limit = match limit {
+            Some(n) if n > 0 => (n as u64).min(MAX_LIST_LIMIT),
+            _ => MAX_LIST_LIMIT,
+        };
+        let mut query = Entity::find()
+            .select_only()
+            .column(agent_runner_state::Column::StateKey)
+            .filter(COLUMN.scope_key.eq(scope_key));
+        if let Some(prefix) = prefix.map(public_key).filter(|p| !p.is_empty()) {
+            validate_key(prefix)?;
+            // Every string starting with `prefix` lies in [prefix, successor):
+            // exact on every backend, and a range scan of the unique index.
+            query = query.filter(COLUMN.state_key.gte(prefix));
+            if let Some(end) = prefix_successor(prefix) {
+                query = query.filter(COLUMN.state_key.lt(end));
+            }
+        }
+        let mut keys: Vec<String> = query
+            .order_by_asc(agent_runner_state::Column::StateKey)
+            .limit(limit + 1)
+            .into_tuple()
+            .all(self.db)
+            .await?;
+        let has_more = keys.len() as u64 > limit;
+        keys.truncate(limit as usize);
+        Ok(KeyPage { keys, has_more })
+    }
+
+    /// Every scope's keys and values for an event, in one query: all four
+    /// scopes are present; one that is disabled, or whose identity is
+    /// missing, is empty. Rows whose value is missing or not JSON are skipped
+    /// with a warning. The conversation scope shows the event's conversation
+    /// id as `external.conversation_id` when absent (not persisted).
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn snapshot(
+        &self,
+        ctx: &StateContext,
+        policy: &StatePolicy,
+    ) -> Result<StateSnapshot> {
+        let mut snapshot: StateSnapshot =
+            Scope::ALL.iter().map(|s| (*s, BTreeMap::new())).collect();
+        let wanted: BTreeMap<&str, Scope> = Scope::ALL
+            .into_iter()
+            .filter(|s| policy.allows(*s))
+            .filter_map(|s| Some((ctx.scope_key(s)?, s)))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(snapshot);
+        }
+        let rows: Vec<(String, String, Option<String>)> = Entity::find()
+            .select_only()
+            .columns([
+                agent_runner_state::Column::ScopeKey,
+                agent_runner_state::Column::StateKey,
+                agent_runner_state::Column::ValueJson,
+            ])
+            .filter(COLUMN.scope_key.is_in(wanted.keys().copied()))
+            .into_tuple()
+            .all(self.db)
+            .await?;
+        for (scope_key, state_key, value_json) in rows {
+            let Some(scope) = wanted.get(scope_key.as_str()) else {
+                continue;
+            };
+            let Some(text) = value_json else {
+                tracing::warn!(%scope_key, %state_key, "state value is missing; skipped in snapshot");
+                continue;
+            };
+            match serde_json::from_str(&text) {
+                Ok(value) => {
+                    snapshot.entry(*scope).or_default().insert(state_key, value);
+                }
+                Err(e) => {
+                    tracing::warn!(%scope_key, %state_key, error = %e, "state value is not valid JSON; skipped in snapshot");
+                }
+            }
+        }
+        if wanted.values().any(|s| *s == Scope::Conversation)
+            && let Some(conversation_id) = ctx.columns().conversation_id.as_deref()
+        {
+            snapshot
+                .entry(Scope::Conversation)
+                .or_default()
+                .entry(EXTERNAL_CONVERSATION_ID_KEY.to_owned())
+                .or_insert_with(|| Value::String(conversation_id.to_owned()));
+        }
+        Ok(snapshot)
+    }
+
+    /// Applies a state update a runner returned with an event. Checks, in
+    /// order: state enabled, scope valid, scope enabled, identity present,
+    /// key and value valid; then sets.
+    ///
+    /// # Errors
+    /// The first check that fails, or a database error.
+    pub async fn apply_update(
+        &self,
+        ctx: &StateContext,
+        policy: &StatePolicy,
+        scope: &str,
+        key: &str,
+        value: &Value,
+    ) -> Result<()> {
+        if !policy.enable_state {
+            return Err(StateError::StateDisabled);
+        }
+        let scope: Scope = scope.parse()?;
+        if !policy.allows(scope) {
+            return Err(StateError::ScopeNotEnabled(scope));
+        }
+        ctx.require_key(scope)?;
+        self.set(ctx, scope, key, value).await
+    }
+
+    /// Runs `op`, retrying deadlocks and lock timeouts a few times (MariaDB
+    /// reports them under concurrent upserts of one key), unless inside the
+    /// caller's transaction.
+    async fn retrying<T, F, Fut>(&self, what: &str, op: F) -> Result<T, DbErr>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, DbErr>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match op().await {
+                Err(e) if self.retry && attempt < MAX_RETRIES && is_transient(&e) => {
+                    attempt += 1;
+                    tracing::warn!(attempt, error = %e, "state {what} hit a lock conflict; retrying");
+                    tokio::time::sleep(Duration::from_millis(5 << attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Deadlock, lock wait timeout, serialization failure, or SQLite busy.
+fn is_transient(e: &DbErr) -> bool {
+    let (DbErr::Exec(RuntimeErr::SqlxError(err)) | DbErr::Query(RuntimeErr::SqlxError(err))) = e
+    else {
+        return false;
+    };
+    let Some(db_err) = err.as_database_error() else {
+        return false;
+    };
+    if let Some(my) = db_err.try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>() {
+        return matches!(my.number(), 1213 | 1205);
+    }
+    matches!(
+        db_err.code().as_deref(),
+        Some("40001" | "40P01" | "55P03" | "5" | "6" | "261" | "517")
+    )
+}
+
+/// `conversation_id` is the public name of `external.conversation_id`.
+fn public_key(key: &str) -> &str {
+    if key == CONVERSATION_ID_KEY {
+        EXTERNAL_CONVERSATION_ID_KEY
+    } else {
+        key
+    }
+}
+
+/// Timestamps as the columns keep them: naive UTC, to the microsecond (to
+/// the second on MySQL's `DATETIME`, which would otherwise round up).
+fn now(backend: DbBackend) -> NaiveDateTime {
+    let now = Utc::now().naive_utc();
+    match backend {
+        DbBackend::MySql => now.trunc_subsecs(0),
+        _ => now.trunc_subsecs(6),
+    }
+}
+
+fn validate_text(field: &'static str, text: &str, max: usize) -> Result<()> {
+    if text.contains('\0') {
+        return Err(StateError::NulCharacter { field });
+    }
+    let chars = text.chars().count();
+    if chars > max {
+        return Err(StateError::TooLong { field, chars, max });
+    }
+    Ok(())
+}
+
+fn validate_optional(field: &'static str, text: &Option<String>, max: usize) -> Result<()> {
+    text.as_deref()
+        .map_or(Ok(()), |t| validate_text(field, t, max))
+}
+
+fn validate_key(key: &str) -> Result<()> {
+    validate_text("state_key", key, 255)
+}
+
+/// Every column a first set writes, against its length (SPEC section 3).
+fn validate_context(c: &IdentityColumns) -> Result<()> {
+    validate_text("runner_id", &c.runner_id, 255)?;
+    validate_text("binding_identity", &c.binding_identity, 255)?;
+    validate_optional("bot_id", &c.bot_id, 255)?;
+    validate_optional("workspace_id", &c.workspace_id, 255)?;
+    validate_optional("conversation_id", &c.conversation_id, 255)?;
+    validate_optional("thread_id", &c.thread_id, 255)?;
+    validate_optional("actor_type", &c.actor_type, 50)?;
+    validate_optional("actor_id", &c.actor_id, 255)?;
+    validate_optional("subject_type", &c.subject_type, 50)?;
+    validate_optional("subject_id", &c.subject_id, 255)
+}
+
+fn serialize_value(value: &Value) -> Result<String> {
+    let text = value.to_string();
+    if text.len() > MAX_VALUE_BYTES {
+        return Err(StateError::ValueTooLarge {
+            size: text.len(),
+            limit: MAX_VALUE_BYTES,
+        });
+    }
+    Ok(text)
+}
+
+/// The least string greater than every string that starts with `prefix`,
+/// in code point order: the last character raised by one (dropping
+/// characters that are already U+10FFFF). `None`: no upper bound.
+fn prefix_successor(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = match last as u32 + 1 {
+            0xD800 => Some('\u{E000}'),
+            n => char::from_u32(n),
+        };
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn successor_bounds_the_prefix_range() {
+        assert_eq!(prefix_successor("ns1.").as_deref(), Some("ns1/"));
+        assert_eq!(prefix_successor("a\u{D7FF}").as_deref(), Some("a\u{E000}"));
+        assert_eq!(prefix_successor("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_successor("\u{10FFFF}"), None);
+    }
+
+    #[test]
+    fn value_size_limit_counts_utf8_bytes() {
+        // A JSON string of n 'é' is 2n + 2 bytes.
+        let fits = Value::String("é".repeat((MAX_VALUE_BYTES - 2) / 2));
+        assert!(serialize_value(&fits).is_ok());
+        let over = Value::String("é".repeat((MAX_VALUE_BYTES - 2) / 2 + 1));
+        match serialize_value(&over) {
+            Err(StateError::ValueTooLarge { size, limit }) => {
+                assert_eq!((size, limit), (MAX_VALUE_BYTES + 2, MAX_VALUE_BYTES));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn lengths_are_characters_and_nul_is_refused() {
+        assert!(validate_key(&"é".repeat(255)).is_ok());
+        assert!(matches!(
+            validate_key(&"é".repeat(256)),
+            Err(StateError::TooLong {
+                field: "state_key",
+                chars: 256,
+                max: 255
+            })
+        ));
+        assert!(matches!(
+            validate_key("a\0b"),
+            Err(StateError::NulCharacter { field: "state_key" })
+        ));
+    }
+}
