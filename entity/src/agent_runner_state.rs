@@ -24,10 +24,16 @@ pub struct Model {
     #[sea_orm(column_type = "String(StringLen::N(50))")]
     pub scope: String,
     /// `{scope}:v2:{sha256}` of the scope's identity.
-    #[sea_orm(column_type = "String(StringLen::N(512))", unique_key = "scope_key_state_key")]
+    #[sea_orm(
+        column_type = "String(StringLen::N(512))",
+        unique_key = "scope_key_state_key"
+    )]
     pub scope_key: String,
     /// The key the runner chose.
-    #[sea_orm(column_type = "String(StringLen::N(255))", unique_key = "scope_key_state_key")]
+    #[sea_orm(
+        column_type = "String(StringLen::N(255))",
+        unique_key = "scope_key_state_key"
+    )]
     pub state_key: String,
     /// The value as JSON text.
     #[sea_orm(column_type = "Text", nullable)]

@@ -4,9 +4,11 @@ pub mod connection;
 pub mod error;
 pub mod identity;
 pub mod policy;
+pub mod run;
 pub mod store;
 
 pub use error::{Result, StateError};
 pub use identity::{Actor, Binding, Event, IdentityColumns, Scope, Subject};
 pub use policy::StatePolicy;
+pub use run::{RunRegistry, RunSession, RunStateError, StateCall};
 pub use store::{KeyPage, StateContext, StateSnapshot, StateStore};
