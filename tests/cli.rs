@@ -6,7 +6,11 @@ use std::process::{Command, Output};
 
 use agent_runner_state_tests::{Backend, TestDb, langbot_ddl, migration_bin, on_every_backend};
 use migration::catalog;
-use migration::m20261125_000001_create_agent_runner_state::{INDEXES, TABLE, UNIQUE_KEY};
+use migration::lock::{MYSQL_LOCK_NAME, PG_LOCK_KEY};
+use migration::m20261125_000001_create_agent_runner_state::{
+    INDEXES, LEGACY_SCOPE_KEY_INDEX, TABLE, UNIQUE_KEY,
+};
+use migration::{Migrator, MigratorTrait};
 
 fn migration(cwd: &Path, args: &[&str]) -> Output {
     Command::new(migration_bin())
@@ -171,4 +175,203 @@ async fn destructive_commands_spare_langbot_tables(t: TestDb) {
 on_every_backend!(
     status_gates_deploys_and_never_writes,
     destructive_commands_spare_langbot_tables,
+);
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn eight_migrators_at_once(t: TestDb) {
+    let dir = temp_dir(&format!("eight-{}", t.backend.name()));
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            Command::new(migration_bin())
+                .args(["-u", &t.url, "up"])
+                .current_dir(&dir)
+                .env_remove("DATABASE_URL")
+                .env("NO_COLOR", "1")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let applied = t
+        .rows_as_text("SELECT version FROM seaql_migrations ORDER BY version")
+        .await;
+    let expected: Vec<Vec<Option<String>>> = Migrator::migrations()
+        .iter()
+        .map(|m| vec![Some(m.name().to_owned())])
+        .collect();
+    assert_eq!(applied, expected, "each migration recorded once");
+    let schema = catalog::read_table(&t.db, TABLE).await.unwrap().unwrap();
+    let mut names: Vec<&str> = schema.indexes.iter().map(|i| i.name.as_str()).collect();
+    let all = names.len();
+    names.dedup();
+    assert_eq!(names.len(), all);
+    assert_eq!(schema.indexes.len(), INDEXES.len() + 2, "{schema}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A lock held elsewhere makes `up` wait, then fail clearly at the timeout.
+async fn lock_wait_times_out_clearly(t: TestDb) {
+    use sea_orm::ConnectionTrait;
+    let dir = temp_dir(&format!("lock-{}", t.backend.name()));
+    let mut options = service::connection::connect_options(&t.url);
+    options.max_connections(1);
+    let holder = sea_orm::Database::connect(options).await.unwrap();
+    let _file_lock = match t.backend {
+        Backend::Postgres => {
+            holder
+                .execute_unprepared(&format!("SELECT pg_advisory_lock({PG_LOCK_KEY})"))
+                .await
+                .unwrap();
+            None
+        }
+        Backend::MySql => {
+            holder
+                .execute_unprepared(&format!("SELECT GET_LOCK({MYSQL_LOCK_NAME}, 0)"))
+                .await
+                .unwrap();
+            None
+        }
+        Backend::Sqlite => {
+            let path = t
+                .url
+                .trim_start_matches("sqlite://")
+                .split('?')
+                .next()
+                .unwrap();
+            let file = std::fs::File::create(format!("{path}.migration-lock")).unwrap();
+            file.lock().unwrap();
+            Some(file)
+        }
+    };
+    let out = migration(&dir, &["-u", &t.url, "--lock-timeout", "1", "up"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("waiting for its lock"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("still holds the migration lock after 1s"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!catalog::table_exists(&t.db, TABLE).await.unwrap());
+    holder.close().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+async fn check_reports_drift(t: TestDb) {
+    let dir = temp_dir(&format!("check-{}", t.backend.name()));
+    let run = |args: &[&str]| migration(&dir, &[&["-u", t.url.as_str()], args].concat());
+    assert!(run(&["up"]).status.success());
+    let out = run(&["check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(stdout(&out).contains("no drift"));
+
+    t.exec(&match t.backend {
+        Backend::MySql => {
+            "DROP INDEX ix_agent_runner_state_bot_id ON agent_runner_state".to_owned()
+        }
+        _ => "DROP INDEX ix_agent_runner_state_bot_id".to_owned(),
+    })
+    .await;
+    t.exec(&format!(
+        "CREATE INDEX {LEGACY_SCOPE_KEY_INDEX} ON agent_runner_state (scope_key)"
+    ))
+    .await;
+    match t.backend {
+        Backend::Postgres => {
+            t.exec("ALTER TABLE agent_runner_state ALTER COLUMN actor_id TYPE varchar(255) COLLATE \"default\"")
+                .await
+        }
+        Backend::MySql => {
+            t.exec("ALTER TABLE agent_runner_state MODIFY actor_id varchar(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci NULL")
+                .await
+        }
+        // SQLite cannot change a column's type in place: rebuild the column.
+        Backend::Sqlite => {
+            t.exec("DROP INDEX ix_agent_runner_state_actor_id").await;
+            t.exec("ALTER TABLE agent_runner_state DROP COLUMN actor_id").await;
+            t.exec("ALTER TABLE agent_runner_state ADD COLUMN actor_id TEXT").await;
+        }
+    }
+    let out = run(&["check"]);
+    let report = stdout(&out);
+    assert_eq!(out.status.code(), Some(4), "{report}");
+    assert!(
+        report.contains("index ix_agent_runner_state_bot_id (bot_id) is missing"),
+        "{report}"
+    );
+    let column_problem = match t.backend {
+        Backend::Postgres => "column actor_id: collation default, expected C",
+        Backend::MySql => {
+            "column actor_id: collation utf8mb4_general_ci, expected utf8mb4_nopad_bin"
+        }
+        Backend::Sqlite => "column actor_id: type text, expected varchar(255)",
+    };
+    assert!(report.contains(column_problem), "{report}");
+    assert!(
+        report.contains(&format!("note: redundant index {LEGACY_SCOPE_KEY_INDEX}")),
+        "{report}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+async fn plan_prints_what_up_would_run(t: TestDb) {
+    let dir = temp_dir(&format!("plan-{}", t.backend.name()));
+    let run = |args: &[&str]| migration(&dir, &[&["-u", t.url.as_str()], args].concat());
+    let out = run(&["plan"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stdout(&out).contains("CREATE TABLE"), "{}", stdout(&out));
+    assert_eq!(
+        catalog::table_names(&t.db).await.unwrap(),
+        Vec::<String>::new()
+    );
+
+    // On LangBot's table missing one index: only what adoption needs.
+    t.create_langbot_schema().await;
+    t.exec(&match t.backend {
+        Backend::MySql => "DROP INDEX ix_agent_runner_state_scope ON agent_runner_state".to_owned(),
+        _ => "DROP INDEX ix_agent_runner_state_scope".to_owned(),
+    })
+    .await;
+    let tables = catalog::table_names(&t.db).await.unwrap();
+    let out = run(&["plan"]);
+    let plan = stdout(&out);
+    assert_eq!(out.status.code(), Some(3), "{plan}");
+    assert!(plan.contains("-- adopt agent_runner_state"), "{plan}");
+    assert!(!plan.contains("CREATE TABLE"), "{plan}");
+    assert_eq!(plan.matches("CREATE INDEX").count(), 1, "{plan}");
+    assert!(plan.contains("ix_agent_runner_state_scope"), "{plan}");
+    assert_eq!(
+        plan.contains("ALTER TABLE"),
+        t.backend != Backend::Sqlite,
+        "{plan}"
+    );
+    assert_eq!(
+        catalog::table_names(&t.db).await.unwrap(),
+        tables,
+        "plan wrote"
+    );
+
+    assert!(run(&["up"]).status.success());
+    let out = run(&["plan"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stdout(&out).contains("nothing to do"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+on_every_backend!(
+    eight_migrators_at_once,
+    lock_wait_times_out_clearly,
+    check_reports_drift,
+    plan_prints_what_up_would_run,
 );

@@ -3,6 +3,7 @@
 pub use sea_orm_migration::prelude::*;
 
 pub mod catalog;
+pub mod lock;
 pub mod m20261125_000001_create_agent_runner_state;
 
 /// Every migration of this workspace, in the order they apply.
@@ -15,4 +16,32 @@ impl MigratorTrait for Migrator {
             m20261125_000001_create_agent_runner_state::Migration,
         )]
     }
+}
+
+/// What the pending migration `name` would do on `db`, as SQL statements
+/// (schema migrations) or a sentence (data migrations). Reads only.
+///
+/// # Errors
+/// Any database error while reading the catalog.
+pub async fn plan<C: sea_orm_migration::sea_orm::ConnectionTrait>(
+    db: &C,
+    name: &str,
+) -> Result<Vec<String>, DbErr> {
+    use m20261125_000001_create_agent_runner_state as create;
+    if name == create::Migration.name() {
+        let dialect = create::Dialect::detect(db).await?;
+        let live = catalog::read_table(db, create::TABLE).await?;
+        let mut lines = vec![format!(
+            "-- {} agent_runner_state; recorded in {}",
+            if live.is_some() { "adopt" } else { "create" },
+            create::ORIGIN_TABLE
+        )];
+        lines.extend(
+            create::plan_up(dialect, live.as_ref())
+                .into_iter()
+                .map(|sql| format!("{sql};")),
+        );
+        return Ok(lines);
+    }
+    Ok(vec![format!("-- {name}: no schema statements")])
 }

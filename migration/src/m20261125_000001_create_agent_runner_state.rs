@@ -581,3 +581,119 @@ async fn guard_value_size_for_text<C: ConnectionTrait>(
     }
     Ok(())
 }
+
+/// What the drift check found: `problems` make it fail, `notes` do not.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Drift {
+    /// Differences from the schema the migrations produce.
+    pub problems: Vec<String>,
+    /// Harmless extras: LangBot's older `scope_key` index, other indexes.
+    pub notes: Vec<String>,
+}
+
+/// Compares the live table with the schema this migration produces on
+/// `dialect`: each column's type, nullability and collation, the unique key
+/// and each named index.
+pub fn drift(dialect: Dialect, live: Option<&TableSchema>) -> Drift {
+    let mut out = Drift::default();
+    let Some(live) = live else {
+        out.problems.push(format!("table {TABLE} is missing"));
+        return out;
+    };
+    for &(iden, kind, nullable) in COLUMNS {
+        let name = iden.to_string();
+        let Some(col) = live.column(&name) else {
+            out.problems.push(format!("column {name} is missing"));
+            continue;
+        };
+        let types = expected_types(dialect, kind);
+        if !types.contains(&col.data_type) {
+            out.problems.push(format!(
+                "column {name}: type {}, expected {}",
+                col.data_type,
+                types.join(" or ")
+            ));
+        }
+        if col.nullable != nullable {
+            out.problems.push(format!(
+                "column {name}: {}, expected {}",
+                if col.nullable { "nullable" } else { "not null" },
+                if nullable { "nullable" } else { "not null" }
+            ));
+        }
+        let checks_collation = matches!(kind, Kind::Varchar(_))
+            || (kind == Kind::Value && matches!(dialect, Dialect::MariaDb | Dialect::MySql));
+        if let Some(exact) = dialect.exact_collation().filter(|_| checks_collation)
+            && col.collation.as_deref() != Some(exact)
+        {
+            out.problems.push(format!(
+                "column {name}: collation {}, expected {exact}",
+                col.collation.as_deref().unwrap_or("(none)")
+            ));
+        }
+    }
+    for col in &live.columns {
+        if !COLUMNS
+            .iter()
+            .any(|(iden, _, _)| iden.to_string() == col.name)
+        {
+            out.notes.push(format!("extra column {}", col.name));
+        }
+    }
+    let (uq_name, uq_cols) = UNIQUE_KEY;
+    if !live.has_index(uq_name) && !live.has_unique_on(uq_cols) {
+        out.problems.push(format!(
+            "unique constraint {uq_name} ({}) is missing",
+            uq_cols.join(", ")
+        ));
+    }
+    for (name, cols) in INDEXES {
+        match live.indexes.iter().find(|i| i.name == *name) {
+            None => out
+                .problems
+                .push(format!("index {name} ({}) is missing", cols.join(", "))),
+            Some(i) if i.columns != *cols => out.problems.push(format!(
+                "index {name}: columns ({}), expected ({})",
+                i.columns.join(", "),
+                cols.join(", ")
+            )),
+            Some(_) => {}
+        }
+    }
+    for index in &live.indexes {
+        let known = index.kind != crate::catalog::IndexKind::Index
+            || INDEXES.iter().any(|(name, _)| *name == index.name);
+        if index.name == LEGACY_SCOPE_KEY_INDEX {
+            out.notes.push(format!(
+                "redundant index {LEGACY_SCOPE_KEY_INDEX} (scope_key): LangBot's older name for \
+                 ix_agent_runner_state_scope_key_lookup; safe to drop"
+            ));
+        } else if !known {
+            out.notes.push(format!(
+                "extra index {} ({})",
+                index.name,
+                index.columns.join(", ")
+            ));
+        }
+    }
+    out
+}
+
+/// Column types as each catalog spells them (see [`catalog`]).
+fn expected_types(dialect: Dialect, kind: Kind) -> Vec<String> {
+    match (dialect, kind) {
+        (Dialect::Sqlite | Dialect::Postgres, Kind::Id) => vec!["integer".into()],
+        (Dialect::Sqlite, Kind::Varchar(n)) => vec![format!("varchar({n})")],
+        (Dialect::Postgres, Kind::Varchar(n)) => vec![format!("character varying({n})")],
+        (Dialect::MariaDb | Dialect::MySql, Kind::Varchar(n)) => vec![format!("varchar({n})")],
+        (Dialect::Sqlite | Dialect::Postgres, Kind::Value) => vec!["text".into()],
+        (Dialect::MariaDb | Dialect::MySql, Kind::Value) => {
+            vec!["mediumtext".into(), "longtext".into()]
+        }
+        (Dialect::Sqlite | Dialect::MariaDb | Dialect::MySql, Kind::Timestamp) => {
+            vec!["datetime".into()]
+        }
+        (Dialect::Postgres, Kind::Timestamp) => vec!["timestamp without time zone".into()],
+        (Dialect::MariaDb | Dialect::MySql, Kind::Id) => vec!["int(11)".into(), "int".into()],
+    }
+}

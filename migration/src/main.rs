@@ -9,13 +9,19 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use migration::lock::{MigrationLock, sqlite_file};
+use migration::m20261125_000001_create_agent_runner_state::{Dialect, TABLE, drift};
 use migration::{Migrator, MigratorTrait, catalog};
 use sea_orm_migration::MigrationStatus;
+use sea_orm_migration::sea_orm::Database;
 use sea_orm_migration::sea_orm::{DatabaseConnection, DbErr};
-use service::connection::{DEFAULT_SQLITE_URL, connect, probe};
+use service::connection::{DEFAULT_SQLITE_URL, connect_options, probe};
 
-/// Exit code of `status` when migrations are pending.
+/// Exit code of `status` (and `plan`) when migrations are pending.
 const EXIT_PENDING: u8 = 3;
+
+/// Exit code of `check` when the live schema differs.
+const EXIT_DRIFT: u8 = 4;
 
 #[derive(Parser)]
 #[command(
@@ -23,7 +29,8 @@ const EXIT_PENDING: u8 = 3;
     version,
     about = "Create, adopt and migrate LangBot's agent_runner_state table",
     after_help = "Without DATABASE_URL or -u, uses the embedded SQLite file ./agent_runner_state.db.\n\
-                  Exit codes: 0 success; 1 error; 3 `status` found pending migrations."
+                  Exit codes: 0 success; 1 error; 3 `status` or `plan` found pending migrations;\n\
+                  4 `check` found schema drift."
 )]
 struct Cli {
     /// Database URL (postgres://, mysql://, sqlite://).
@@ -39,6 +46,16 @@ struct Cli {
         global = true
     )]
     wait_for_db: u64,
+
+    /// Wait at most this many seconds for another migration process (another
+    /// replica) to finish.
+    #[arg(
+        long,
+        env = "MIGRATION_LOCK_TIMEOUT",
+        default_value_t = 600,
+        global = true
+    )]
+    lock_timeout: u64,
 
     /// Show debug messages.
     #[arg(short = 'v', long, global = true)]
@@ -65,6 +82,12 @@ enum Command {
     /// List applied and pending migrations without writing anything; exits 3
     /// when any is pending.
     Status,
+    /// Print the pending migrations and the statements they would run on
+    /// this database, without running them; exits 3 when any is pending.
+    Plan,
+    /// Compare the live agent_runner_state with the schema the migrations
+    /// produce; exits 4 and prints the differences when they differ.
+    Check,
     /// Roll back every migration of this workspace, then apply them all.
     Fresh(Guard),
     /// Roll back every migration, then apply them all.
@@ -127,33 +150,106 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             DEFAULT_SQLITE_URL.to_owned()
         }
     };
+    let command = cli.command.unwrap_or(Command::Up { num: None });
+    let read_only = matches!(command, Command::Status | Command::Plan | Command::Check);
+    let url = match sqlite_file(&url) {
+        // Asking must not create the database: a missing file is an empty one.
+        Some(path) if read_only && !path.exists() => {
+            tracing::info!(
+                "{} does not exist yet: reporting on an empty database",
+                path.display()
+            );
+            "sqlite::memory:".to_owned()
+        }
+        _ => url,
+    };
     wait_for_server(&url, Duration::from_secs(cli.wait_for_db)).await?;
-    let db = connect(&url)
+    // One connection: the migration lock belongs to the session holding it.
+    let mut options = connect_options(&url);
+    options.max_connections(1).min_connections(1);
+    let db = Database::connect(options)
         .await
         .map_err(|e| format!("cannot connect to {}: {}", redact(&url), db_message(&e)))?;
-    let command = cli.command.unwrap_or(Command::Up { num: None });
     let result = match command {
-        Command::Up { num } => Migrator::up(&db, num).await,
-        Command::Down { num } => Migrator::down(&db, Some(num)).await,
-        Command::Status => return status(&db).await.map_err(|e| db_message(&e)),
-        Command::Fresh(guard) => match guard_foreign_tables(&db, &guard, "fresh").await {
-            Ok(()) => match Migrator::reset(&db).await {
-                Ok(()) => Migrator::up(&db, None).await,
+        Command::Status => status(&db).await,
+        Command::Plan => plan(&db).await,
+        Command::Check => check(&db).await,
+        command => {
+            let lock =
+                MigrationLock::acquire(&db, &url, Duration::from_secs(cli.lock_timeout)).await;
+            match lock {
+                Ok(lock) => {
+                    let result = change(&db, command).await;
+                    let released = lock.release(&db).await;
+                    result.and(released).map(|()| ExitCode::SUCCESS)
+                }
                 Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        },
-        Command::Refresh(guard) => match guard_foreign_tables(&db, &guard, "refresh").await {
-            Ok(()) => Migrator::refresh(&db).await,
-            Err(e) => Err(e),
-        },
-        Command::Reset(guard) => match guard_foreign_tables(&db, &guard, "reset").await {
-            Ok(()) => Migrator::reset(&db).await,
-            Err(e) => Err(e),
-        },
+            }
+        }
     };
-    result.map_err(|e| db_message(&e))?;
-    Ok(ExitCode::SUCCESS)
+    let code = result.map_err(|e| db_message(&e))?;
+    db.close().await.ok();
+    Ok(code)
+}
+
+/// The commands that change the schema; run under the migration lock.
+async fn change(db: &DatabaseConnection, command: Command) -> Result<(), DbErr> {
+    match command {
+        Command::Up { num } => Migrator::up(db, num).await,
+        Command::Down { num } => Migrator::down(db, Some(num)).await,
+        Command::Fresh(guard) => {
+            guard_foreign_tables(db, &guard, "fresh").await?;
+            Migrator::reset(db).await?;
+            Migrator::up(db, None).await
+        }
+        Command::Refresh(guard) => {
+            guard_foreign_tables(db, &guard, "refresh").await?;
+            Migrator::refresh(db).await
+        }
+        Command::Reset(guard) => {
+            guard_foreign_tables(db, &guard, "reset").await?;
+            Migrator::reset(db).await
+        }
+        Command::Status | Command::Plan | Command::Check => Ok(()),
+    }
+}
+
+/// Prints the pending migrations and what each would run.
+async fn plan(db: &DatabaseConnection) -> Result<ExitCode, DbErr> {
+    let pending = Migrator::get_pending_migrations_read_only(db).await?;
+    if pending.is_empty() {
+        println!("nothing to do: every migration is applied");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for m in &pending {
+        println!("-- {}", m.name());
+        for line in migration::plan(db, m.name()).await? {
+            println!("{line}");
+        }
+    }
+    Ok(ExitCode::from(EXIT_PENDING))
+}
+
+/// Prints the schema drift of agent_runner_state, if any.
+async fn check(db: &DatabaseConnection) -> Result<ExitCode, DbErr> {
+    let dialect = Dialect::detect(db).await?;
+    let live = catalog::read_table(db, TABLE).await?;
+    let found = drift(dialect, live.as_ref());
+    for note in &found.notes {
+        println!("note: {note}");
+    }
+    if found.problems.is_empty() {
+        println!("{TABLE}: no drift");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{TABLE}: {} difference(s) from the migrated schema:",
+        found.problems.len()
+    );
+    for problem in &found.problems {
+        println!("  {problem}");
+    }
+    Ok(ExitCode::from(EXIT_DRIFT))
 }
 
 /// Tries a plain connection, with backoff until `patience` runs out, so that

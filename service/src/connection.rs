@@ -46,7 +46,7 @@ pub async fn probe(url: &str) -> Result<(), String> {
     use sea_orm::sqlx::{
         Connection, SqliteConnection, mysql::MySqlConnection, postgres::PgConnection,
     };
-    let scheme = url.split("://").next().unwrap_or_default();
+    let scheme = url.split(':').next().unwrap_or_default();
     let result = match scheme {
         "postgres" | "postgresql" => match PgConnection::connect(url).await {
             Ok(c) => c.close().await,
