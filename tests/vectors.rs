@@ -96,3 +96,72 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[derive(Deserialize)]
+struct ConfigCase {
+    input: serde_json::Value,
+    migrated: serde_json::Value,
+    changed: bool,
+    resolved_runner_id: Option<String>,
+    resolved_runner_config: Option<serde_json::Value>,
+    resolved_after_migration: ResolvedAfter,
+    expire_time: i64,
+}
+
+#[derive(Deserialize)]
+struct ResolvedAfter {
+    runner_id: Option<String>,
+    runner_config: Option<serde_json::Value>,
+}
+
+#[test]
+fn config_migration() {
+    use service::legacy::{LEGACY_RUNNER_IDS, Ported, port_config, read_runner};
+    let file = read_vectors("config_migration.json");
+    let map: BTreeMap<String, String> =
+        serde_json::from_value(file["legacy_runner_id_map"].clone()).expect("legacy_runner_id_map");
+    let ours: BTreeMap<String, String> = LEGACY_RUNNER_IDS
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(ours, map, "legacy runner id map");
+    let cases: Vec<ConfigCase> =
+        serde_json::from_value(file["cases"].clone()).expect("config_migration.json cases");
+    let mut failures = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        let (migrated, changed) = match port_config(&case.input) {
+            Ported::Changed(v) => (v, true),
+            Ported::Unchanged | Ported::Unportable(_) => (case.input.clone(), false),
+        };
+        if migrated != case.migrated || changed != case.changed {
+            failures.push(format!(
+                "case {i}: port gave changed={changed} {migrated}, expected changed={} {}",
+                case.changed, case.migrated
+            ));
+        }
+        let before = read_runner(&case.input);
+        if before.runner_id != case.resolved_runner_id
+            || before.runner_config != case.resolved_runner_config
+            || before.expire_time != case.expire_time
+        {
+            failures.push(format!(
+                "case {i}: reading the input gave {before:?}, expected {:?} {:?} {}",
+                case.resolved_runner_id, case.resolved_runner_config, case.expire_time
+            ));
+        }
+        let after = read_runner(&migrated);
+        if after.runner_id != case.resolved_after_migration.runner_id
+            || after.runner_config != case.resolved_after_migration.runner_config
+        {
+            failures.push(format!(
+                "case {i}: reading the port gave {after:?}, expected {:?} {:?}",
+                case.resolved_after_migration.runner_id, case.resolved_after_migration.runner_config
+            ));
+        }
+        // Porting is idempotent.
+        if changed && port_config(&migrated) != Ported::Unchanged {
+            failures.push(format!("case {i}: a second port changed the config again"));
+        }
+    }
+    report("config_migration.json", cases.len(), failures);
+}

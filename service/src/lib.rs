@@ -3,6 +3,7 @@
 pub mod connection;
 pub mod error;
 pub mod identity;
+pub mod legacy;
 pub mod policy;
 pub mod run;
 pub mod store;
