@@ -373,8 +373,13 @@ pub fn migration_bin() -> PathBuf {
             .and_then(Path::parent)
             .expect("target profile dir");
         let bin = profile_dir.join(format!("migration{}", std::env::consts::EXE_SUFFIX));
-        if bin.exists() {
-            // scripts/test.sh builds the binaries before the tests run.
+        // scripts/test.sh builds the binaries before the tests run; a binary
+        // older than this test executable may predate a change to the
+        // migration crate, so build it again.
+        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        if let (Some(built), Some(test)) = (modified(&bin), modified(&exe))
+            && built >= test
+        {
             return bin;
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

@@ -130,17 +130,36 @@ async fn status_gates_deploys_and_never_writes(t: TestDb) {
     let dir = temp_dir(&format!("status-{}", t.backend.name()));
     let out = migration(&dir, &["-u", &t.url, "status"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("0 applied, 1 pending"));
+    assert!(
+        stdout(&out).contains("0 applied, 2 pending"),
+        "{}",
+        stdout(&out)
+    );
     assert_eq!(
         catalog::table_names(&t.db).await.unwrap(),
         Vec::<String>::new()
+    );
+
+    // Partly migrated.
+    let out = migration(&dir, &["-u", &t.url, "up", "-n", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = migration(&dir, &["-u", &t.url, "status"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("1 applied, 1 pending"),
+        "{}",
+        stdout(&out)
     );
 
     let out = migration(&dir, &["-u", &t.url, "up"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = migration(&dir, &["-u", &t.url, "status"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("1 applied, 0 pending"));
+    assert!(
+        stdout(&out).contains("2 applied, 0 pending"),
+        "{}",
+        stdout(&out)
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

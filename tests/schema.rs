@@ -60,7 +60,7 @@ async fn langbot_database(t: &TestDb) {
         "INSERT INTO legacy_pipelines (uuid, name, description, emoji, created_at, updated_at, \
          for_version, is_default, stages, config, extensions_preferences) VALUES \
          ('p-1', 'Default', 'd', NULL, '2025-01-01 00:00:00', '2025-01-01 00:00:00', 'v4', \
-          false, '[]', '{\"ai\": {\"runner\": {\"runner\": \"local-agent\"}}}', '{}')",
+          false, '[]', '{\"ai\": {\"runner\": {\"id\": \"plugin:x/y/z\"}, \"runner_config\": {}}}', '{}')",
     )
     .await;
 }
@@ -125,7 +125,7 @@ async fn adopt_langbot_database(t: TestDb) {
         t.rows_as_text("SELECT version FROM seaql_migrations")
             .await
             .len(),
-        1
+        Migrator::migrations().len()
     );
 }
 

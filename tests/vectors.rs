@@ -155,7 +155,8 @@ fn config_migration() {
         {
             failures.push(format!(
                 "case {i}: reading the port gave {after:?}, expected {:?} {:?}",
-                case.resolved_after_migration.runner_id, case.resolved_after_migration.runner_config
+                case.resolved_after_migration.runner_id,
+                case.resolved_after_migration.runner_config
             ));
         }
         // Porting is idempotent.

@@ -5,6 +5,8 @@ pub use sea_orm_migration::prelude::*;
 pub mod catalog;
 pub mod lock;
 pub mod m20261125_000001_create_agent_runner_state;
+pub mod m20261125_000002_port_legacy_runner_blocks;
+pub mod settings;
 
 /// Every migration of this workspace, in the order they apply.
 pub struct Migrator;
@@ -12,9 +14,10 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(
-            m20261125_000001_create_agent_runner_state::Migration,
-        )]
+        vec![
+            Box::new(m20261125_000001_create_agent_runner_state::Migration),
+            Box::new(m20261125_000002_port_legacy_runner_blocks::Migration),
+        ]
     }
 }
 
@@ -42,6 +45,15 @@ pub async fn plan<C: sea_orm_migration::sea_orm::ConnectionTrait>(
                 .map(|sql| format!("{sql};")),
         );
         return Ok(lines);
+    }
+    use m20261125_000002_port_legacy_runner_blocks as port;
+    if name == port::Migration.name() {
+        return Ok(vec![format!(
+            "-- data migration: port legacy runner blocks in {} (batches of {}), keeping originals in {}",
+            port::PIPELINES_TABLE,
+            settings::batch_size(),
+            port::BACKUP_TABLE
+        )]);
     }
     Ok(vec![format!("-- {name}: no schema statements")])
 }

@@ -57,6 +57,10 @@ struct Cli {
     )]
     lock_timeout: u64,
 
+    /// Rows per batch in the data migrations.
+    #[arg(long, env = "MIGRATION_BATCH_SIZE", default_value_t = migration::settings::DEFAULT_BATCH_SIZE, global = true)]
+    batch_size: u64,
+
     /// Show debug messages.
     #[arg(short = 'v', long, global = true)]
     verbose: bool,
@@ -150,6 +154,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             DEFAULT_SQLITE_URL.to_owned()
         }
     };
+    migration::settings::set_batch_size(cli.batch_size);
     let command = cli.command.unwrap_or(Command::Up { num: None });
     let read_only = matches!(command, Command::Status | Command::Plan | Command::Check);
     let url = match sqlite_file(&url) {

@@ -13,7 +13,10 @@ pub const LEGACY_RUNNER_IDS: &[(&str, &str)] = &[
     ("dify-service-api", "plugin:langbot/dify-agent/default"),
     ("n8n-service-api", "plugin:langbot/n8n-agent/default"),
     ("coze-api", "plugin:langbot/coze-agent/default"),
-    ("dashscope-app-api", "plugin:langbot/dashscope-agent/default"),
+    (
+        "dashscope-app-api",
+        "plugin:langbot/dashscope-agent/default",
+    ),
     ("deerflow-api", "plugin:langbot/deerflow-agent/default"),
     ("langflow-api", "plugin:langbot/langflow-agent/default"),
     ("tbox-app-api", "plugin:langbot/tbox-agent/default"),
@@ -159,7 +162,9 @@ pub fn read_runner(config: &Value) -> RunnerChoice {
             .cloned();
         // Not ported yet: the legacy block of the runner with that id.
         let legacy = || {
-            let (name, _) = LEGACY_RUNNER_IDS.iter().find(|(_, legacy_id)| *legacy_id == id)?;
+            let (name, _) = LEGACY_RUNNER_IDS
+                .iter()
+                .find(|(_, legacy_id)| *legacy_id == id)?;
             let block = ai?.get(*name)?.as_object()?;
             Some(normalize_block(name, block))
         };

@@ -1,0 +1,239 @@
+//! The legacy runner port (SPEC section 6) through the database, on tables
+//! made from LangBot's own DDL, on every backend: vectors, reversibility,
+//! bad shapes, idempotence, and a migration process killed mid-run.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use agent_runner_state_tests::{Backend, TestDb, migration_bin, on_every_backend, read_vectors};
+use migration::m20261125_000002_port_legacy_runner_blocks::{BACKUP_TABLE, port_all};
+use migration::{Migrator, MigratorTrait, catalog};
+use serde_json::Value;
+use service::legacy::{Ported, port_config};
+
+/// Inserts pipelines with their config text exactly as given.
+async fn insert_pipelines(t: &TestDb, rows: &[(String, String)]) {
+    for chunk in rows.chunks(200) {
+        let values: Vec<String> = chunk
+            .iter()
+            .map(|(uuid, config)| {
+                let config = config.replace('\'', "''");
+                let config = match t.backend {
+                    Backend::Postgres => format!("'{config}'::json"),
+                    _ => format!("'{config}'"),
+                };
+                format!("('{uuid}', 'n', 'd', 'v4', false, '[]', {config}, '{{}}')")
+            })
+            .collect();
+        t.exec(&format!(
+            "INSERT INTO legacy_pipelines (uuid, name, description, for_version, is_default, \
+             stages, config, extensions_preferences) VALUES {}",
+            values.join(", ")
+        ))
+        .await;
+    }
+}
+
+async fn configs(t: &TestDb) -> Vec<(String, String)> {
+    let cast = match t.backend {
+        Backend::Postgres => "CAST(config AS text)",
+        Backend::MySql => "CAST(config AS CHAR)",
+        Backend::Sqlite => "config",
+    };
+    t.rows_as_text(&format!(
+        "SELECT uuid, {cast} FROM legacy_pipelines ORDER BY uuid"
+    ))
+    .await
+    .into_iter()
+    .map(|r| (r[0].clone().unwrap(), r[1].clone().unwrap()))
+    .collect()
+}
+
+/// Shapes the rules cannot apply to: left byte for byte, and reported. (Text
+/// that is not JSON at all fits only SQLite's column: PostgreSQL's `json` and
+/// MariaDB's JSON check refuse it.)
+const UNPORTABLE: &[&str] = &[
+    r#"{"ai": ["a list"]}"#,
+    r#"{"ai": {"runner": "local-agent"}}"#,
+    r#"{"ai": {"runner": {"runner": "local-agent"}, "runner_config": []}}"#,
+];
+
+/// Every vector input as a row (half compact, half pretty, so that
+/// "byte for byte" means something), plus the unportable shapes.
+fn vector_rows() -> (Vec<(String, String)>, Vec<Value>) {
+    let file = read_vectors("config_migration.json");
+    let cases = file["cases"].as_array().expect("cases");
+    assert!(!cases.is_empty(), "config_migration.json holds no case");
+    let mut rows = Vec::new();
+    let mut migrated = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        let text = if i % 2 == 0 {
+            serde_json::to_string(&case["input"]).unwrap()
+        } else {
+            serde_json::to_string_pretty(&case["input"]).unwrap()
+        };
+        rows.push((format!("p-{i:04}"), text));
+        migrated.push(case["migrated"].clone());
+    }
+    for (i, text) in UNPORTABLE.iter().enumerate() {
+        rows.push((format!("x-{i}"), (*text).to_owned()));
+    }
+    (rows, migrated)
+}
+
+const NOT_JSON: &str = "{not json";
+
+async fn vectors_port_and_restore(t: TestDb) {
+    t.create_langbot_schema().await;
+    let (mut rows, migrated) = vector_rows();
+    if t.backend == Backend::Sqlite {
+        rows.push(("y-0".into(), NOT_JSON.into()));
+    }
+    let unportable = rows.len() - migrated.len();
+    insert_pipelines(&t, &rows).await;
+    let original = configs(&t).await;
+    assert_eq!(
+        original, rows,
+        "the database changed the config text on insert"
+    );
+
+    Migrator::up(&t.db, None).await.unwrap();
+    let after = configs(&t).await;
+    let mut changed = 0;
+    for ((uuid, text), ((_, before), expected)) in after.iter().zip(rows.iter().zip(&migrated)) {
+        let value: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(&value, expected, "pipeline {uuid}");
+        if text != before {
+            changed += 1;
+        }
+    }
+    for ((uuid, text), (_, before)) in after.iter().zip(&rows).skip(migrated.len()) {
+        assert_eq!(text, before, "unportable pipeline {uuid} was touched");
+    }
+    let kept = t
+        .rows_as_text(&format!("SELECT uuid FROM {BACKUP_TABLE}"))
+        .await;
+    assert_eq!(kept.len(), changed, "one kept original per changed row");
+
+    // A second pass changes nothing and reports the same bad shapes.
+    let again = port_all(&t.db, 50).await.unwrap();
+    assert_eq!((again.changed, again.reported), (0, unportable as u64));
+    assert_eq!(configs(&t).await, after);
+
+    Migrator::down(&t.db, Some(1)).await.unwrap();
+    assert_eq!(
+        configs(&t).await,
+        rows,
+        "down must restore every config byte for byte"
+    );
+    assert!(!catalog::table_exists(&t.db, BACKUP_TABLE).await.unwrap());
+}
+
+async fn no_pipelines_table_is_a_no_op(t: TestDb) {
+    let summary = port_all(&t.db, 10).await.unwrap();
+    assert_eq!(summary.scanned, 0);
+    assert!(!catalog::table_exists(&t.db, BACKUP_TABLE).await.unwrap());
+}
+
+/// Realistic legacy configs: the vector inputs again and again, each with a
+/// unique uuid.
+fn many_rows(n: usize) -> Vec<(String, String)> {
+    let (base, _) = vector_rows();
+    (0..n)
+        .map(|i| (format!("k-{i:06}"), base[i % base.len()].1.clone()))
+        .collect()
+}
+
+/// The table an uninterrupted run produces, by the pure function.
+fn expected_after_port(rows: &[(String, String)]) -> Vec<(String, Value)> {
+    rows.iter()
+        .map(|(uuid, text)| {
+            let value = match serde_json::from_str::<Value>(text) {
+                Ok(v) => match port_config(&v) {
+                    Ported::Changed(p) => p,
+                    _ => v,
+                },
+                Err(_) => Value::String(text.clone()),
+            };
+            (uuid.clone(), value)
+        })
+        .collect()
+}
+
+fn parsed(rows: Vec<(String, String)>) -> Vec<(String, Value)> {
+    rows.into_iter()
+        .map(|(uuid, text)| {
+            let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            (uuid, value)
+        })
+        .collect()
+}
+
+/// SIGKILL the migration binary at several points, then let it finish: the
+/// table equals an uninterrupted run's, and `down` restores every original.
+async fn killed_and_rerun(t: TestDb) {
+    t.create_langbot_schema().await;
+    let rows = many_rows(20_000);
+    insert_pipelines(&t, &rows).await;
+    let dir = std::env::temp_dir();
+    let spawn = |args: &[&str]| {
+        Command::new(migration_bin())
+            .args([&["-u", t.url.as_str(), "--batch-size", "200"], args].concat())
+            .current_dir(&dir)
+            .env_remove("DATABASE_URL")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut progress = Vec::new();
+    let mut seed = std::process::id() as u64;
+    for round in 0..4 {
+        // A pseudo-random delay, growing each round so kills land further in.
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let delay = 150 + round * 250 + (seed >> 33) % 150;
+        let mut child = spawn(&["up"]);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        let finished = child.try_wait().unwrap().is_some();
+        child.kill().ok();
+        child.wait().unwrap();
+        let kept = if catalog::table_exists(&t.db, BACKUP_TABLE).await.unwrap() {
+            t.rows_as_text(&format!("SELECT uuid FROM {BACKUP_TABLE}"))
+                .await
+                .len()
+        } else {
+            0
+        };
+        progress.push((delay, finished, kept));
+    }
+    let out = spawn(&["up"]).wait_with_output().unwrap();
+    assert!(out.status.success(), "final run failed");
+    eprintln!("kills (delay ms, had finished, originals kept): {progress:?}");
+
+    assert_eq!(parsed(configs(&t).await), expected_after_port(&rows));
+    let changed = expected_after_port(&rows)
+        .iter()
+        .zip(&rows)
+        .filter(|((_, after), (_, text))| {
+            serde_json::from_str::<Value>(text).ok().as_ref() != Some(after)
+        })
+        .count();
+    let kept = t
+        .rows_as_text(&format!("SELECT uuid FROM {BACKUP_TABLE}"))
+        .await
+        .len();
+    assert_eq!(kept, changed);
+
+    let out = spawn(&["down", "-n", "1"]).wait_with_output().unwrap();
+    assert!(out.status.success(), "down failed");
+    assert_eq!(configs(&t).await, rows, "down must restore every original");
+}
+
+on_every_backend!(
+    vectors_port_and_restore,
+    no_pipelines_table_is_a_no_op,
+    killed_and_rerun
+);
