@@ -26,7 +26,7 @@ use sea_orm_migration::sea_orm::{
     ConnectionTrait, DbBackend, Statement, TransactionSession, TransactionTrait,
 };
 use serde_json::Value;
-use service::legacy::{Ported, port_config};
+use service::legacy::port_in_place;
 
 use crate::catalog;
 use crate::settings;
@@ -104,34 +104,48 @@ impl Target {
         }
     }
 
-    /// One statement setting `config` of each `(uuid, text)` pair.
+    /// One statement setting `config` of each `(uuid, text)` pair: a join
+    /// with a VALUES list on PostgreSQL and SQLite (one index lookup per row),
+    /// a CASE on MySQL (whose VALUES lists differ between MariaDB and MySQL 8).
     fn update(&self, rows: &[(String, String)]) -> Statement {
-        let mut sql = String::from("UPDATE legacy_pipelines SET config = ");
         let mut values: Vec<sea_orm_migration::sea_orm::Value> = Vec::with_capacity(rows.len() * 3);
-        let mut case = String::from("CASE uuid");
-        for (uuid, text) in rows {
-            case.push_str(&format!(
-                " WHEN {} THEN {}",
-                self.placeholder(values.len() + 1),
-                self.placeholder(values.len() + 2)
-            ));
+        let mut list = String::with_capacity(rows.len() * 16);
+        for (i, (uuid, text)) in rows.iter().enumerate() {
+            if i > 0 {
+                list.push_str(", ");
+            }
+            match self.backend {
+                DbBackend::MySql => list.push_str(" WHEN ? THEN ?"),
+                _ => list.push_str(&format!(
+                    "({}, {})",
+                    self.placeholder(values.len() + 1),
+                    self.placeholder(values.len() + 2)
+                )),
+            }
             values.push(uuid.clone().into());
             values.push(text.clone().into());
         }
-        case.push_str(" END");
-        match &self.cast {
-            Some(ty) => sql.push_str(&format!("CAST({case} AS {ty})")),
-            None => sql.push_str(&case),
-        }
-        sql.push_str(" WHERE uuid IN (");
-        for (i, (uuid, _)) in rows.iter().enumerate() {
-            if i > 0 {
-                sql.push_str(", ");
+        let sql = match self.backend {
+            DbBackend::Postgres => format!(
+                "UPDATE legacy_pipelines AS p SET config = CAST(v.config AS {}) \
+                 FROM (VALUES {list}) AS v(uuid, config) WHERE p.uuid = v.uuid",
+                self.cast.as_deref().unwrap_or("json")
+            ),
+            DbBackend::MySql => {
+                let list = list.replace(", ", "");
+                let keys = vec!["?"; rows.len()].join(", ");
+                for (uuid, _) in rows {
+                    values.push(uuid.clone().into());
+                }
+                format!(
+                    "UPDATE legacy_pipelines SET config = CASE uuid{list} END WHERE uuid IN ({keys})"
+                )
             }
-            sql.push_str(&self.placeholder(values.len() + 1));
-            values.push(uuid.clone().into());
-        }
-        sql.push(')');
+            _ => format!(
+                "UPDATE legacy_pipelines SET config = v.column2 \
+                 FROM (VALUES {list}) AS v WHERE legacy_pipelines.uuid = v.column1"
+            ),
+        };
         Statement::from_sql_and_values(self.backend, sql, values)
     }
 }
@@ -266,19 +280,20 @@ where
             summary.unchanged += 1;
             continue;
         };
-        let ported = match serde_json::from_str::<Value>(&text) {
-            Ok(config) => port_config(&config),
-            Err(_) => Ported::Unportable("config is not valid JSON"),
-        };
+        let ported = serde_json::from_str::<Value>(&text)
+            .map_err(|_| "config is not valid JSON")
+            .and_then(|mut config| Ok((port_in_place(&mut config)?, config)));
         match ported {
-            Ported::Unchanged => summary.unchanged += 1,
-            Ported::Unportable(reason) => {
+            Ok((false, _)) => summary.unchanged += 1,
+            Err(reason) => {
                 summary.reported += 1;
                 tracing::warn!(pipeline = %uuid, "pipeline config left unchanged: {reason}");
             }
-            Ported::Changed(config) => {
+            Ok((true, config)) => {
                 summary.changed += 1;
-                changed.push((uuid.clone(), config.to_string()));
+                let text_out = serde_json::to_string(&config)
+                    .map_err(|e| DbErr::Custom(format!("serialise pipeline {uuid}: {e}")))?;
+                changed.push((uuid.clone(), text_out));
                 originals.push((uuid, text));
             }
         }

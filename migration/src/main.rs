@@ -15,7 +15,7 @@ use migration::{Migrator, MigratorTrait, catalog};
 use sea_orm_migration::MigrationStatus;
 use sea_orm_migration::sea_orm::Database;
 use sea_orm_migration::sea_orm::{DatabaseConnection, DbErr};
-use service::connection::{DEFAULT_SQLITE_URL, connect_options, probe};
+use service::connection::{DEFAULT_SQLITE_URL, batch_connect_options, probe};
 
 /// Exit code of `status` (and `plan`) when migrations are pending.
 const EXIT_PENDING: u8 = 3;
@@ -170,9 +170,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
     };
     wait_for_server(&url, Duration::from_secs(cli.wait_for_db)).await?;
     // One connection: the migration lock belongs to the session holding it.
-    let mut options = connect_options(&url);
-    options.max_connections(1).min_connections(1);
-    let db = Database::connect(options)
+    let db = Database::connect(batch_connect_options(&url))
         .await
         .map_err(|e| format!("cannot connect to {}: {}", redact(&url), db_message(&e)))?;
     let result = match command {

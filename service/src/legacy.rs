@@ -44,69 +44,82 @@ pub enum Ported {
 
 /// Ports one config (rules 1–3 and 5 of SPEC section 6).
 pub fn port_config(config: &Value) -> Ported {
-    let Some(root) = config.as_object() else {
-        return Ported::Unportable("config is not a JSON object");
-    };
-    let Some(ai) = root.get("ai") else {
-        return Ported::Unchanged;
-    };
-    let Some(ai) = ai.as_object() else {
-        return Ported::Unportable("ai is not an object");
-    };
-    if ai.get("runner").is_some_and(|r| !r.is_object()) {
-        return Ported::Unportable("ai.runner is not an object");
-    }
-    if ai.get("runner_config").is_some_and(|r| !r.is_object()) {
-        return Ported::Unportable("ai.runner_config is not an object");
-    }
-    let mut ai = ai.clone();
-    let mut runner = take_object(&mut ai, "runner");
-    let mut runner_config = take_object(&mut ai, "runner_config");
-
-    let legacy = runner
-        .get("runner")
-        .and_then(Value::as_str)
-        .and_then(|name| Some((name.to_owned(), legacy_runner_id(name)?)));
-    if let Some((name, id)) = legacy {
-        if runner.get("id").is_none_or(Value::is_null) {
-            runner.remove("runner");
-            runner.insert("id".into(), id.into());
-        }
-        if !runner_config.contains_key(id)
-            && let Some(block) = ai.get(&name).and_then(Value::as_object)
-        {
-            runner_config.insert(id.to_owned(), normalize_block(&name, block));
-        }
-        ai.remove(&name);
-    }
-    ai.insert("runner".into(), Value::Object(runner));
-    ai.insert("runner_config".into(), Value::Object(runner_config));
-
-    let mut out = root.clone();
-    out.insert("ai".into(), Value::Object(ai));
-    let out = Value::Object(out);
-    if &out == config {
-        Ported::Unchanged
-    } else {
-        Ported::Changed(out)
+    let mut ported = config.clone();
+    match port_in_place(&mut ported) {
+        Ok(true) => Ported::Changed(ported),
+        Ok(false) => Ported::Unchanged,
+        Err(reason) => Ported::Unportable(reason),
     }
 }
 
-fn take_object(map: &mut Map<String, Value>, key: &str) -> Map<String, Value> {
-    match map.remove(key) {
-        Some(Value::Object(o)) => o,
-        _ => Map::new(),
+/// [`port_config`] without copies, for the data migration: ports `config`
+/// in place and says whether it changed. On `Err` (a shape the rules cannot
+/// apply to) `config` is untouched.
+///
+/// # Errors
+/// Why the rules cannot apply: `ai`, `ai.runner` or `ai.runner_config` is not
+/// an object, or the config itself is not.
+pub fn port_in_place(config: &mut Value) -> Result<bool, &'static str> {
+    let root = config
+        .as_object_mut()
+        .ok_or("config is not a JSON object")?;
+    let Some(ai) = root.get_mut("ai") else {
+        return Ok(false);
+    };
+    let ai = ai.as_object_mut().ok_or("ai is not an object")?;
+    if ai.get("runner").is_some_and(|r| !r.is_object()) {
+        return Err("ai.runner is not an object");
     }
+    if ai.get("runner_config").is_some_and(|r| !r.is_object()) {
+        return Err("ai.runner_config is not an object");
+    }
+    let mut changed = false;
+    for key in ["runner", "runner_config"] {
+        if !ai.contains_key(key) {
+            ai.insert(key.into(), Value::Object(Map::new()));
+            changed = true;
+        }
+    }
+    let legacy = ai
+        .get("runner")
+        .and_then(|r| r.get("runner"))
+        .and_then(Value::as_str)
+        .and_then(|name| Some((name.to_owned(), legacy_runner_id(name)?)));
+    let Some((name, id)) = legacy else {
+        return Ok(changed);
+    };
+    if let Some(Value::Object(runner)) = ai.get_mut("runner")
+        && runner.get("id").is_none_or(Value::is_null)
+    {
+        runner.remove("runner");
+        runner.insert("id".into(), id.into());
+        changed = true;
+    }
+    let block = ai.remove(&name);
+    changed |= block.is_some();
+    if let Some(Value::Object(runner_config)) = ai.get_mut("runner_config")
+        && !runner_config.contains_key(id)
+        && let Some(Value::Object(block)) = block
+    {
+        runner_config.insert(id.to_owned(), normalize_owned(&name, block));
+        changed = true;
+    }
+    Ok(changed)
 }
 
 /// A legacy block in the shape its plugin runner expects (rule 3): only
 /// `local-agent` changes.
 pub fn normalize_block(name: &str, block: &Map<String, Value>) -> Value {
-    let mut block = block.clone();
+    normalize_owned(name, block.clone())
+}
+
+fn normalize_owned(name: &str, mut block: Map<String, Value>) -> Value {
     if name == "local-agent" {
-        if let Some(Value::String(model)) = block.get("model") {
-            let model = model.clone();
-            block.insert("model".into(), json!({"primary": model, "fallbacks": []}));
+        if let Some(slot) = block.get_mut("model")
+            && let Value::String(model) = slot
+        {
+            let model = std::mem::take(model);
+            *slot = json!({"primary": model, "fallbacks": []});
         }
         if let Some(kb) = block.remove("knowledge-base")
             && let Value::String(kb) = kb

@@ -1,0 +1,249 @@
+//! Benchmark of the legacy runner port, as a deploy runs it: the release
+//! `migration` binary against a `legacy_pipelines` table made from LangBot's
+//! DDL and filled with realistic legacy configs (~1.5 KB each, seven legacy
+//! runner names round-robin, the other runners' blocks present).
+//!
+//! Measures the first pass, a no-op rerun over the ported table, and the
+//! binary's peak RSS (sampled from /proc). Prints one JSON object.
+//!
+//! ```sh
+//! cargo run --release --bin bench-port -- --backend sqlite --rows 100000
+//! cargo run --release --bin bench-port -- --backend postgres --url "$TEST_POSTGRES_URL"
+//! ```
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agent_runner_state_tests::{Backend, langbot_ddl};
+use clap::Parser;
+use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
+use serde_json::json;
+
+#[derive(Parser)]
+struct Args {
+    /// sqlite, postgres or mysql.
+    #[arg(long)]
+    backend: String,
+    /// Server URL (postgres/mysql); a database is created on it and dropped.
+    /// Defaults to TEST_POSTGRES_URL / TEST_MYSQL_URL.
+    #[arg(long)]
+    url: Option<String>,
+    /// Pipelines to port.
+    #[arg(long, default_value_t = 100_000)]
+    rows: usize,
+    /// Rows per batch.
+    #[arg(long, default_value_t = 1000)]
+    batch_size: u64,
+}
+
+const LEGACY: [&str; 7] = [
+    "local-agent",
+    "dify-service-api",
+    "n8n-service-api",
+    "coze-api",
+    "dashscope-app-api",
+    "langflow-api",
+    "weknora-api",
+];
+
+/// A legacy config of about 1.5 KB.
+fn legacy_config(i: usize) -> String {
+    let runner = LEGACY[i % LEGACY.len()];
+    json!({
+        "trigger": {
+            "group-respond-rules": {"at": true, "prefix": ["ai"], "regexp": [], "random": 0.0},
+            "access-control": {"mode": "blacklist", "blacklist": [], "whitelist": []}
+        },
+        "safety": {"content-filter": {"scope": "all", "check-sensitive-words": true}},
+        "ai": {
+            "runner": {"runner": runner, "expire-time": 0},
+            "local-agent": {"model": format!("model-{i}"), "max-round": 10, "knowledge-base": "__none__",
+                "prompt": [{"role": "system", "content": "You are a helpful assistant."}]},
+            "dify-service-api": {"base-url": "https://api.dify.ai/v1", "app-type": "chat",
+                "api-key": format!("app-{i}"), "thinking-convert": "plain", "timeout": 30,
+                "base-prompt": "当前时间:{{time}}"},
+            "n8n-service-api": {"webhook-url": "http://n8n.local/webhook/x", "auth-type": "none",
+                "basic-username": "", "basic-password": "", "timeout": 120, "output-key": "response"},
+            "coze-api": {"api-key": "pat_x", "bot-id": "7390", "api-base": "https://api.coze.cn",
+                "auto-save-history": true, "timeout": 120},
+            "dashscope-app-api": {"app-type": "agent", "api-key": "sk-x", "app-id": "app-1",
+                "references-quote": "参考资料来自:"},
+            "langflow-api": {"base-url": "http://localhost:7860", "api-key": "k", "flow-id": "f",
+                "input-type": "chat", "output-type": "chat", "tweaks": "{}"},
+            "weknora-api": {"base-url": "http://weknora:8080/api/v1", "api-key": "wk",
+                "agent-id": "builtin-smart-reasoning"}
+        },
+        "output": {"long-text-processing": {"threshold": 1000, "strategy": "forward"},
+            "force-delay": {"min": 0, "max": 0}, "misc": {"at-sender": true, "quote-origin": true}}
+    })
+    .to_string()
+}
+
+async fn exec(db: &DatabaseConnection, sql: &str) {
+    db.execute_unprepared(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", &sql[..sql.len().min(200)]));
+}
+
+async fn seed(db: &DatabaseConnection, backend: Backend, rows: usize) {
+    for stmt in langbot_ddl(backend) {
+        exec(db, &stmt).await;
+    }
+    let started = Instant::now();
+    for start in (0..rows).step_by(500) {
+        let values: Vec<String> = (start..(start + 500).min(rows))
+            .map(|i| {
+                let config = legacy_config(i).replace('\'', "''");
+                let config = match backend {
+                    Backend::Postgres => format!("'{config}'::json"),
+                    _ => format!("'{config}'"),
+                };
+                format!("('{i:08}', 'p', 'd', 'v4', false, '[]', {config}, '{{}}')")
+            })
+            .collect();
+        exec(
+            db,
+            &format!(
+                "INSERT INTO legacy_pipelines (uuid, name, description, for_version, is_default, \
+                 stages, config, extensions_preferences) VALUES {}",
+                values.join(", ")
+            ),
+        )
+        .await;
+    }
+    eprintln!(
+        "seeded {rows} rows in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Runs the migration binary to completion: wall time and peak RSS in MiB.
+fn run_migration(bin: &PathBuf, url: &str, args: &[&str]) -> (f64, f64) {
+    let started = Instant::now();
+    let mut child = Command::new(bin)
+        .args([&["-u", url], args].concat())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run migration");
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak_kib = 0u64;
+    loop {
+        if let Ok(status) = std::fs::read_to_string(&status_path)
+            && let Some(line) = status.lines().find(|l| l.starts_with("VmHWM:"))
+        {
+            let kib: u64 = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            peak_kib = peak_kib.max(kib);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "migration {args:?} failed");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (started.elapsed().as_secs_f64(), peak_kib as f64 / 1024.0)
+}
+
+fn release_migration_binary() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "migration",
+            "--bin",
+            "migration",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("cargo build");
+    assert!(status.success());
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/migration")
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let backend = match args.backend.as_str() {
+        "sqlite" => Backend::Sqlite,
+        "postgres" => Backend::Postgres,
+        "mysql" => Backend::MySql,
+        other => panic!("unknown backend {other}"),
+    };
+    let bin = release_migration_binary();
+    let name = format!("bench_port_{}", std::process::id());
+    let (url, admin) = match backend {
+        Backend::Sqlite => {
+            let path = std::env::temp_dir().join(format!("{name}.db"));
+            (format!("sqlite://{}?mode=rwc", path.display()), None)
+        }
+        _ => {
+            let var = if backend == Backend::Postgres {
+                "TEST_POSTGRES_URL"
+            } else {
+                "TEST_MYSQL_URL"
+            };
+            let base = args
+                .url
+                .clone()
+                .or_else(|| std::env::var(var).ok())
+                .unwrap_or_else(|| panic!("--url or {var} is required"));
+            let admin_db = if backend == Backend::Postgres {
+                "postgres"
+            } else {
+                "mysql"
+            };
+            let admin = service::connection::connect(&format!("{base}/{admin_db}"))
+                .await
+                .expect("connect admin");
+            exec(&admin, &format!("CREATE DATABASE {name}")).await;
+            (format!("{base}/{name}"), Some(admin))
+        }
+    };
+    let db = service::connection::connect(&url).await.expect("connect");
+    seed(&db, backend, args.rows).await;
+    let batch = args.batch_size.to_string();
+
+    let (first_s, first_rss) = run_migration(&bin, &url, &["--batch-size", &batch, "up"]);
+    // A rerun of the port over the ported table: forget that it ran.
+    db.execute_raw(Statement::from_string(
+        db.get_database_backend(),
+        "DELETE FROM seaql_migrations WHERE version = 'm20261125_000002_port_legacy_runner_blocks'",
+    ))
+    .await
+    .expect("forget the port");
+    let (rerun_s, rerun_rss) = run_migration(&bin, &url, &["--batch-size", &batch, "up"]);
+    db.close().await.ok();
+
+    println!(
+        "{}",
+        json!({
+            "backend": backend.name(),
+            "rows": args.rows,
+            "batch_size": args.batch_size,
+            "first_pass_s": (first_s * 100.0).round() / 100.0,
+            "first_pass_rows_per_s": (args.rows as f64 / first_s).round(),
+            "noop_rerun_s": (rerun_s * 100.0).round() / 100.0,
+            "peak_rss_mib": ((first_rss.max(rerun_rss)) * 10.0).round() / 10.0,
+        })
+    );
+    match (backend, admin) {
+        (Backend::Postgres, Some(admin)) => {
+            exec(&admin, &format!("DROP DATABASE {name} WITH (FORCE)")).await
+        }
+        (_, Some(admin)) => exec(&admin, &format!("DROP DATABASE {name}")).await,
+        (_, None) => {
+            for suffix in ["", "-wal", "-shm", ".migration-lock"] {
+                let _ =
+                    std::fs::remove_file(std::env::temp_dir().join(format!("{name}.db{suffix}")));
+            }
+        }
+    }
+}
