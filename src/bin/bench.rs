@@ -1,0 +1,596 @@
+//! Benchmark of the state store on one backend, beside a floor: the same SQL
+//! through raw sqlx prepared statements, with no ORM and no validation,
+//! measured in the same run on the same database.
+//!
+//! Workloads (LangBot's store was measured on the same ones):
+//! a_insert, a_overwrite, b_get, c_list, d_snapshot, e_concurrent. Each runs
+//! once as a warm-up at a tenth of its size, then `--runs` times; the median
+//! ops/s is reported. Figures go to stdout as one JSON object; progress to
+//! stderr.
+//!
+//! ```sh
+//! cargo run --release --bin bench -- --backend sqlite
+//! cargo run --release --bin bench -- --backend postgres --url "$TEST_POSTGRES_URL"
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use agent_runner_state_tests::Backend;
+use clap::Parser;
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection};
+use serde_json::{Value, json};
+use service::{
+    Actor, Binding, Event, IdentityColumns, Scope, StateContext, StatePolicy, StateStore,
+};
+
+#[derive(Parser)]
+struct Args {
+    /// sqlite, postgres or mysql.
+    #[arg(long)]
+    backend: String,
+    /// Server URL for postgres/mysql (a database is created on it and
+    /// dropped); defaults to TEST_POSTGRES_URL / TEST_MYSQL_URL. SQLite uses
+    /// a temporary file in WAL mode.
+    #[arg(long)]
+    url: Option<String>,
+    /// Timed runs per workload.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+}
+
+const RUNNER: &str = "plugin:langbot/local-agent/default";
+
+fn value(i: usize, generation: usize) -> Value {
+    json!({
+        "i": i,
+        "gen": generation,
+        "note": "conversation memo ".repeat(4),
+        "tags": ["a", "b", "c"],
+    })
+}
+
+fn context(conversation: &str, actor: &str) -> StateContext {
+    let binding = Binding {
+        binding_id: Some("pipeline-bench".into()),
+        ..Binding::default()
+    };
+    let event = Event {
+        bot_id: Some("bot-1".into()),
+        workspace_id: Some("ws-1".into()),
+        conversation_id: Some(conversation.into()),
+        thread_id: None,
+        actor: Some(Actor {
+            actor_type: Some("user".into()),
+            actor_id: Some(actor.into()),
+        }),
+        subject: Some(service::Subject {
+            subject_type: Some("doc".into()),
+            subject_id: Some("d-1".into()),
+        }),
+    };
+    StateContext::new(IdentityColumns::from_event(RUNNER, &binding, &event))
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let m = xs[xs.len() / 2];
+    (m * 10.0).round() / 10.0
+}
+
+/// The floor: the store's SQL through raw sqlx, per backend.
+mod floor {
+    use std::sync::Arc;
+
+    use serde_json::Value;
+
+    /// The raw statements, in each backend's placeholder style.
+    pub struct Sql {
+        pub upsert: Arc<str>,
+        pub get: Arc<str>,
+        pub list: Arc<str>,
+        pub snapshot: Arc<str>,
+    }
+
+    pub fn sql(postgres: bool, mysql: bool) -> Sql {
+        let p = |n: usize| {
+            if postgres {
+                format!("${n}")
+            } else {
+                "?".to_owned()
+            }
+        };
+        let cols = "runner_id, binding_identity, scope, scope_key, state_key, value_json, bot_id, \
+                    workspace_id, conversation_id, thread_id, actor_type, actor_id, subject_type, \
+                    subject_id, created_at, updated_at";
+        let values: Vec<String> = (1..=16).map(p).collect();
+        let conflict = if mysql {
+            "ON DUPLICATE KEY UPDATE value_json = VALUES(value_json), updated_at = VALUES(updated_at)"
+                .to_owned()
+        } else {
+            "ON CONFLICT (scope_key, state_key) DO UPDATE SET value_json = excluded.value_json, \
+             updated_at = excluded.updated_at"
+                .to_owned()
+        };
+        Sql {
+            upsert: format!(
+                "INSERT INTO agent_runner_state ({cols}) VALUES ({}) {conflict}",
+                values.join(", ")
+            )
+            .into(),
+            get: format!(
+                "SELECT value_json FROM agent_runner_state WHERE scope_key = {} AND state_key = {}",
+                p(1),
+                p(2)
+            )
+            .into(),
+            list: format!(
+                "SELECT state_key FROM agent_runner_state WHERE scope_key = {} AND state_key >= {} \
+                 AND state_key < {} ORDER BY state_key LIMIT 101",
+                p(1),
+                p(2),
+                p(3)
+            )
+            .into(),
+            snapshot: format!(
+                "SELECT scope_key, state_key, value_json FROM agent_runner_state \
+                 WHERE scope_key IN ({}, {}, {}, {})",
+                p(1),
+                p(2),
+                p(3),
+                p(4)
+            )
+            .into(),
+        }
+    }
+
+    /// One row's bound values for the upsert.
+    pub struct Row<'a> {
+        pub scope: &'a str,
+        pub scope_key: &'a str,
+        pub state_key: &'a str,
+        pub value: &'a Value,
+    }
+
+    macro_rules! backend {
+        ($name:ident, $pool:ty) => {
+            pub mod $name {
+                use super::{Row, Sql};
+                use sea_orm::sqlx;
+
+                pub async fn set(pool: &$pool, sql: &Sql, row: Row<'_>) -> Result<(), sqlx::Error> {
+                    let now = chrono::Utc::now().naive_utc();
+                    sqlx::query(sqlx::AssertSqlSafe(sql.upsert.clone()))
+                        .bind(super::super::RUNNER)
+                        .bind("pipeline-bench")
+                        .bind(row.scope)
+                        .bind(row.scope_key)
+                        .bind(row.state_key)
+                        .bind(serde_json::to_string(row.value).unwrap())
+                        .bind("bot-1")
+                        .bind("ws-1")
+                        .bind(Option::<&str>::None)
+                        .bind(Option::<&str>::None)
+                        .bind("user")
+                        .bind("u-1")
+                        .bind(Option::<&str>::None)
+                        .bind(Option::<&str>::None)
+                        .bind(now)
+                        .bind(now)
+                        .execute(pool)
+                        .await
+                        .map(|_| ())
+                }
+
+                pub async fn get(
+                    pool: &$pool,
+                    sql: &Sql,
+                    scope_key: &str,
+                    key: &str,
+                ) -> Result<Option<String>, sqlx::Error> {
+                    sqlx::query_scalar::<_, Option<String>>(sqlx::AssertSqlSafe(sql.get.clone()))
+                        .bind(scope_key)
+                        .bind(key)
+                        .fetch_optional(pool)
+                        .await
+                        .map(Option::flatten)
+                }
+
+                pub async fn list(
+                    pool: &$pool,
+                    sql: &Sql,
+                    scope_key: &str,
+                    from: &str,
+                    to: &str,
+                ) -> Result<Vec<String>, sqlx::Error> {
+                    sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql.list.clone()))
+                        .bind(scope_key)
+                        .bind(from)
+                        .bind(to)
+                        .fetch_all(pool)
+                        .await
+                }
+
+                pub async fn snapshot(
+                    pool: &$pool,
+                    sql: &Sql,
+                    keys: &[&str; 4],
+                ) -> Result<usize, sqlx::Error> {
+                    let rows: Vec<(String, String, Option<String>)> =
+                        sqlx::query_as(sqlx::AssertSqlSafe(sql.snapshot.clone()))
+                            .bind(keys[0])
+                            .bind(keys[1])
+                            .bind(keys[2])
+                            .bind(keys[3])
+                            .fetch_all(pool)
+                            .await?;
+                    Ok(rows.len())
+                }
+            }
+        };
+    }
+
+    backend!(sqlite, sqlx::SqlitePool);
+    backend!(postgres, sqlx::PgPool);
+    backend!(mysql, sqlx::MySqlPool);
+}
+
+/// Dispatches a floor call to the pool of the backend.
+macro_rules! floor_call {
+    ($db:expr, $f:ident ( $($arg:expr),* )) => {
+        match $db.get_database_backend() {
+            sea_orm::DbBackend::Postgres => floor::postgres::$f($db.get_postgres_connection_pool(), $($arg),*).await,
+            sea_orm::DbBackend::MySql => floor::mysql::$f($db.get_mysql_connection_pool(), $($arg),*).await,
+            _ => floor::sqlite::$f($db.get_sqlite_connection_pool(), $($arg),*).await,
+        }
+    };
+}
+
+struct Bench {
+    db: Arc<DatabaseConnection>,
+    sql: floor::Sql,
+    run: usize,
+}
+
+impl Bench {
+    fn scope_for(&self, floor: bool, workload: &str) -> String {
+        format!(
+            "{workload}-{}-{}",
+            if floor { "floor" } else { "store" },
+            self.run
+        )
+    }
+
+    /// a_insert then a_overwrite on a fresh conversation: ops/s of each.
+    async fn a(&self, n: usize, floor: bool) -> (f64, f64) {
+        let ctx = context(&self.scope_for(floor, "a"), "u-1");
+        let store = StateStore::new(&*self.db);
+        let scope_key = ctx.scope_key(Scope::Conversation).unwrap().to_owned();
+        let mut rates = Vec::new();
+        for generation in 0..2 {
+            let started = Instant::now();
+            for i in 0..n {
+                let key = format!("key-{i}");
+                let v = value(i, generation);
+                if floor {
+                    let row = floor::Row {
+                        scope: "conversation",
+                        scope_key: &scope_key,
+                        state_key: &key,
+                        value: &v,
+                    };
+                    floor_call!(self.db, set(&self.sql, row)).unwrap();
+                } else {
+                    store
+                        .set(&ctx, Scope::Conversation, &key, &v)
+                        .await
+                        .unwrap();
+                }
+            }
+            rates.push(n as f64 / started.elapsed().as_secs_f64());
+        }
+        (rates[0], rates[1])
+    }
+
+    async fn b_get(&self, n: usize, floor: bool) -> f64 {
+        let ctx = context(&self.scope_for(floor, "a"), "u-1");
+        let store = StateStore::new(&*self.db);
+        let scope_key = ctx.scope_key(Scope::Conversation).unwrap().to_owned();
+        let started = Instant::now();
+        for i in 0..n {
+            let key = format!("key-{i}");
+            let found = if floor {
+                floor_call!(self.db, get(&self.sql, &scope_key, &key))
+                    .unwrap()
+                    .is_some()
+            } else {
+                store
+                    .get(&ctx, Scope::Conversation, &key)
+                    .await
+                    .unwrap()
+                    .is_some()
+            };
+            assert!(found, "b_get: {key} missing");
+        }
+        n as f64 / started.elapsed().as_secs_f64()
+    }
+
+    /// 1,000 keys in an actor scope, ten prefixes of 100.
+    async fn seed_c(&self, floor: bool) -> StateContext {
+        let ctx = context("c", &self.scope_for(floor, "c"));
+        let store = StateStore::new(&*self.db);
+        for k in 0..1000 {
+            let key = format!("ns{}.{:03}", k % 10, k / 10);
+            store
+                .set(&ctx, Scope::Actor, &key, &value(k, 0))
+                .await
+                .unwrap();
+        }
+        ctx
+    }
+
+    async fn c_list(&self, ctx: &StateContext, n: usize, floor: bool) -> f64 {
+        let store = StateStore::new(&*self.db);
+        let scope_key = ctx.scope_key(Scope::Actor).unwrap().to_owned();
+        let started = Instant::now();
+        for k in 0..n {
+            let prefix = format!("ns{}.", k % 10);
+            let count = if floor {
+                let end = format!("ns{}/", k % 10);
+                floor_call!(self.db, list(&self.sql, &scope_key, &prefix, &end))
+                    .unwrap()
+                    .len()
+            } else {
+                let page = store
+                    .list(ctx, Scope::Actor, Some(&prefix), None)
+                    .await
+                    .unwrap();
+                assert!(!page.has_more);
+                page.keys.len()
+            };
+            assert_eq!(count, 100, "c_list");
+        }
+        n as f64 / started.elapsed().as_secs_f64()
+    }
+
+    async fn seed_d(&self, floor: bool) -> StateContext {
+        let ctx = context(&self.scope_for(floor, "d"), &self.scope_for(floor, "d"));
+        let store = StateStore::new(&*self.db);
+        for scope in Scope::ALL {
+            for k in 0..10 {
+                store
+                    .set(&ctx, scope, &format!("k{k}"), &value(k, 0))
+                    .await
+                    .unwrap();
+            }
+        }
+        ctx
+    }
+
+    async fn d_snapshot(&self, ctx: &StateContext, n: usize, floor: bool) -> f64 {
+        let store = StateStore::new(&*self.db);
+        let policy = StatePolicy::all_scopes();
+        let keys: Vec<&str> = Scope::ALL
+            .iter()
+            .map(|s| ctx.scope_key(*s).unwrap())
+            .collect();
+        let keys = [keys[0], keys[1], keys[2], keys[3]];
+        let started = Instant::now();
+        for _ in 0..n {
+            let rows = if floor {
+                floor_call!(self.db, snapshot(&self.sql, &keys)).unwrap()
+            } else {
+                let snap = store.snapshot(ctx, &policy).await.unwrap();
+                snap.values().map(BTreeMap::len).sum::<usize>() - 1 // the seeded alias
+            };
+            assert_eq!(rows, 40, "d_snapshot");
+        }
+        n as f64 / started.elapsed().as_secs_f64()
+    }
+
+    /// 32 tasks × `per_task` sets on 50 shared keys: ops/s, errors, rows.
+    async fn e_concurrent(&self, per_task: usize, floor: bool) -> (f64, usize, usize) {
+        let ctx = Arc::new(context("e", &format!("e-{floor}")));
+        let scope_key = ctx.scope_key(Scope::Actor).unwrap().to_owned();
+        self.db
+            .execute_raw(sea_orm::Statement::from_sql_and_values(
+                self.db.get_database_backend(),
+                match self.db.get_database_backend() {
+                    sea_orm::DbBackend::Postgres => {
+                        "DELETE FROM agent_runner_state WHERE scope_key = $1"
+                    }
+                    _ => "DELETE FROM agent_runner_state WHERE scope_key = ?",
+                },
+                [scope_key.clone().into()],
+            ))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..32)
+            .map(|task| {
+                let (db, ctx, scope_key) = (self.db.clone(), ctx.clone(), scope_key.clone());
+                let sql = floor::sql(
+                    db.get_database_backend() == sea_orm::DbBackend::Postgres,
+                    db.get_database_backend() == sea_orm::DbBackend::MySql,
+                );
+                tokio::spawn(async move {
+                    let store = StateStore::new(&*db);
+                    let mut errors = 0;
+                    for i in 0..per_task {
+                        let key = format!("shared-{}", (task * 7 + i) % 50);
+                        let v = value(i, task);
+                        let ok = if floor {
+                            let row = floor::Row {
+                                scope: "actor",
+                                scope_key: &scope_key,
+                                state_key: &key,
+                                value: &v,
+                            };
+                            floor_call!(db, set(&sql, row)).is_ok()
+                        } else {
+                            store.set(&ctx, Scope::Actor, &key, &v).await.is_ok()
+                        };
+                        errors += usize::from(!ok);
+                    }
+                    errors
+                })
+            })
+            .collect();
+        let mut errors = 0;
+        for t in tasks {
+            errors += t.await.unwrap();
+        }
+        let rate = (32 * per_task) as f64 / started.elapsed().as_secs_f64();
+        let page = StateStore::new(&*self.db)
+            .list(&ctx, Scope::Actor, Some("shared-"), None)
+            .await
+            .unwrap();
+        (rate, errors, page.keys.len())
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let backend = match args.backend.as_str() {
+        "sqlite" => Backend::Sqlite,
+        "postgres" => Backend::Postgres,
+        "mysql" => Backend::MySql,
+        other => panic!("unknown backend {other}: sqlite, postgres or mysql"),
+    };
+    let name = format!("bench_store_{}", std::process::id());
+    let (url, admin) = match backend {
+        Backend::Sqlite => {
+            let path = std::env::temp_dir().join(format!("{name}.db"));
+            (format!("sqlite://{}?mode=rwc", path.display()), None)
+        }
+        _ => {
+            let var = if backend == Backend::Postgres {
+                "TEST_POSTGRES_URL"
+            } else {
+                "TEST_MYSQL_URL"
+            };
+            let base = args
+                .url
+                .clone()
+                .or_else(|| std::env::var(var).ok())
+                .unwrap_or_else(|| panic!("--url or {var} is required"));
+            let admin_db = if backend == Backend::Postgres {
+                "postgres"
+            } else {
+                "mysql"
+            };
+            let admin = service::connection::connect(&format!("{base}/{admin_db}"))
+                .await
+                .unwrap();
+            admin
+                .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                .await
+                .unwrap();
+            (format!("{base}/{name}"), Some(admin))
+        }
+    };
+    let db = Arc::new(service::connection::connect(&url).await.unwrap());
+    Migrator::up(&*db, None).await.unwrap();
+
+    let mut store: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut floor_rates: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let (mut e_errors, mut e_floor_errors, mut e_final_rows) = (0, 0, 0);
+    for run in 0..=args.runs {
+        let warm_up = run == 0;
+        let scale = if warm_up { 10 } else { 1 };
+        let bench = Bench {
+            db: db.clone(),
+            sql: floor::sql(backend == Backend::Postgres, backend == Backend::MySql),
+            run,
+        };
+        // Alternate which goes first, so that neither always runs warmer.
+        let order = if run % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for floor in order {
+            let out = if floor { &mut floor_rates } else { &mut store };
+            let (insert, overwrite) = bench.a(5000 / scale, floor).await;
+            let get = bench.b_get(5000 / scale, floor).await;
+            let c_ctx = bench.seed_c(floor).await;
+            let list = bench.c_list(&c_ctx, 500 / scale, floor).await;
+            let d_ctx = bench.seed_d(floor).await;
+            let snapshot = bench.d_snapshot(&d_ctx, 1000 / scale, floor).await;
+            let (concurrent, errors, rows) = bench.e_concurrent(200 / scale, floor).await;
+            eprintln!(
+                "{} run {run}{}: a_insert {insert:.0}, a_overwrite {overwrite:.0}, b_get {get:.0}, \
+                 c_list {list:.0}, d_snapshot {snapshot:.0}, e_concurrent {concurrent:.0} ops/s ({errors} errors, {rows} rows)",
+                if floor { "floor" } else { "store" },
+                if warm_up { " (warm-up)" } else { "" }
+            );
+            if warm_up {
+                continue;
+            }
+            for (k, v) in [
+                ("a_insert", insert),
+                ("a_overwrite", overwrite),
+                ("b_get", get),
+                ("c_list", list),
+                ("d_snapshot", snapshot),
+                ("e_concurrent", concurrent),
+            ] {
+                out.entry(k).or_default().push(v);
+            }
+            if floor {
+                e_floor_errors += errors;
+            } else {
+                e_errors += errors;
+                e_final_rows = rows;
+            }
+        }
+    }
+    fn medians(m: BTreeMap<&'static str, Vec<f64>>) -> BTreeMap<&'static str, f64> {
+        m.into_iter().map(|(k, v)| (k, median(v))).collect()
+    }
+    let store = medians(store);
+    let floor_rates = medians(floor_rates);
+    let ratio: BTreeMap<&str, f64> = store
+        .iter()
+        .map(|(k, v)| (*k, (v / floor_rates[k] * 100.0).round() / 100.0))
+        .collect();
+    println!(
+        "{}",
+        json!({
+            "backend": backend.name(),
+            "runs": args.runs,
+            "median_ops_per_s": store,
+            "floor_ops_per_s": floor_rates,
+            "ratio_to_floor": ratio,
+            "e_errors": e_errors,
+            "e_floor_errors": e_floor_errors,
+            "e_final_rows": e_final_rows,
+        })
+    );
+    if let Ok(db) = Arc::try_unwrap(db) {
+        db.close().await.ok();
+    }
+    match (backend, admin) {
+        (Backend::Postgres, Some(admin)) => {
+            admin
+                .execute_unprepared(&format!("DROP DATABASE {name} WITH (FORCE)"))
+                .await
+                .unwrap();
+        }
+        (_, Some(admin)) => {
+            admin
+                .execute_unprepared(&format!("DROP DATABASE {name}"))
+                .await
+                .unwrap();
+        }
+        (_, None) => {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ =
+                    std::fs::remove_file(std::env::temp_dir().join(format!("{name}.db{suffix}")));
+            }
+        }
+    }
+}
