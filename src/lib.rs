@@ -9,7 +9,7 @@
 //! `CI=true` it must name all three.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -362,37 +362,50 @@ pub fn langbot_ddl(backend: Backend) -> Vec<String> {
     out
 }
 
-/// Path of the `migration` binary, built once per test process.
+/// Path of the `migration` binary (see [`workspace_bin`]).
 pub fn migration_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("current exe");
-        // target/<profile>/deps/<test> -> target/<profile>/migration
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target profile dir");
-        let bin = profile_dir.join(format!("migration{}", std::env::consts::EXE_SUFFIX));
-        // scripts/test.sh builds the binaries before the tests run; a binary
-        // older than this test executable may predate a change to the
-        // migration crate, so build it again.
-        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        if let (Some(built), Some(test)) = (modified(&bin), modified(&exe))
-            && built >= test
-        {
-            return bin;
-        }
+    workspace_bin("migration", "migration")
+}
+
+/// Path of the `state-admin` binary (see [`workspace_bin`]).
+pub fn admin_bin() -> PathBuf {
+    workspace_bin("admin", "state-admin")
+}
+
+/// Path of binary `bin` of workspace package `package`, next to the test
+/// executable. scripts/test.sh builds the binaries before the tests run; a
+/// binary older than this test executable may predate a change, so it is
+/// built again (once per test process).
+pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<bin>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir");
+    let path = profile_dir.join(format!("{bin}{}", std::env::consts::EXE_SUFFIX));
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if built.iter().any(|b| b == bin) {
+        return path;
+    }
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let fresh = matches!((modified(&path), modified(&exe)), (Some(b), Some(t)) if b >= t);
+    if !fresh {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = std::process::Command::new(cargo)
-            .args(["build", "--quiet", "-p", "migration", "--bin", "migration"])
+            .args(["build", "--quiet", "-p", package, "--bin", bin])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("run cargo build");
-        assert!(status.success(), "cargo build -p migration failed");
-        assert!(bin.exists(), "{} not found", bin.display());
-        bin
-    })
-    .clone()
+        assert!(
+            status.success(),
+            "cargo build -p {package} --bin {bin} failed"
+        );
+    }
+    assert!(path.exists(), "{} not found", path.display());
+    built.push(bin.to_owned());
+    path
 }
 
 /// Installs insta settings that keep every snapshot in the top-level

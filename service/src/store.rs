@@ -459,7 +459,7 @@ fn serialize_value(value: &Value) -> Result<String> {
 /// The least string greater than every string that starts with `prefix`,
 /// in code point order: the last character raised by one (dropping
 /// characters that are already U+10FFFF). `None`: no upper bound.
-fn prefix_successor(prefix: &str) -> Option<String> {
+pub fn prefix_successor(prefix: &str) -> Option<String> {
     let mut chars: Vec<char> = prefix.chars().collect();
     while let Some(last) = chars.pop() {
         let next = match last as u32 + 1 {

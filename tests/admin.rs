@@ -1,0 +1,268 @@
+//! `state-admin` on a seeded database, on every backend: rows written by the
+//! store and rows inserted as LangBot writes them are treated alike.
+
+use std::process::{Command, Output};
+
+use agent_runner_state_tests::{TestDb, admin_bin, on_every_backend};
+use migration::{Migrator, MigratorTrait};
+use serde_json::{Value, json};
+use service::{Actor, Binding, Event, IdentityColumns, Scope, StateContext, StateStore};
+
+const RUNNER: &str = "plugin:langbot/local-agent/default";
+const OTHER_RUNNER: &str = "plugin:langbot/dify-agent/default";
+
+fn admin(url: &str, args: &[&str]) -> Output {
+    Command::new(admin_bin())
+        .args([&["-u", url], args].concat())
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run state-admin")
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "state-admin failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn ctx(runner: &str, conversation: &str, actor: &str) -> StateContext {
+    let event = Event {
+        bot_id: Some("bot-1".into()),
+        conversation_id: Some(conversation.into()),
+        actor: Some(Actor {
+            actor_type: Some("user".into()),
+            actor_id: Some(actor.into()),
+        }),
+        ..Event::default()
+    };
+    let binding = Binding {
+        binding_id: Some("pipeline-1".into()),
+        ..Binding::default()
+    };
+    StateContext::new(IdentityColumns::from_event(runner, &binding, &event))
+}
+
+/// Bob, bob and "Bob " in their own conversations, another runner, and one
+/// row as LangBot's Python writes it.
+async fn seed(t: &TestDb) {
+    Migrator::up(&t.db, None).await.unwrap();
+    let store = StateStore::new(&t.db);
+    for (runner, conversation, actor) in [
+        (RUNNER, "c-bob", "Bob"),
+        (RUNNER, "c-lower", "bob"),
+        (RUNNER, "c-space", "Bob "),
+        (OTHER_RUNNER, "c-bob", "Bob"),
+    ] {
+        let c = ctx(runner, conversation, actor);
+        store
+            .set(
+                &c,
+                Scope::Conversation,
+                "memory.summary",
+                &json!({"by": actor}),
+            )
+            .await
+            .unwrap();
+        store
+            .set(&c, Scope::Actor, "prefs", &json!([actor]))
+            .await
+            .unwrap();
+    }
+    let c = ctx(RUNNER, "c-py", "Bob");
+    t.exec(&format!(
+        "INSERT INTO agent_runner_state (runner_id, binding_identity, scope, scope_key, state_key, \
+         value_json, bot_id, conversation_id, actor_type, actor_id, created_at, updated_at) VALUES \
+         ('{RUNNER}', 'pipeline-1', 'conversation', '{}', 'memory.python', '{{\"from\": \"python\", \"n\": 1}}', \
+         'bot-1', 'c-py', 'user', 'Bob', '2025-01-01 00:00:00', '2025-01-01 00:00:00')",
+        c.scope_key(Scope::Conversation).unwrap()
+    ))
+    .await;
+}
+
+async fn count(t: &TestDb) -> usize {
+    t.rows_as_text("SELECT id FROM agent_runner_state")
+        .await
+        .len()
+}
+
+fn export(url: &str, filters: &[&str]) -> Vec<Value> {
+    ok(admin(url, &[&["export"], filters].concat()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+async fn stats_list_and_export(t: TestDb) {
+    seed(&t).await;
+    let stats: Value = serde_json::from_str(&ok(admin(&t.url, &["stats", "--json"]))).unwrap();
+    let by_runner = stats["by_runner_id"].as_array().unwrap();
+    assert_eq!(by_runner.len(), 2);
+    assert_eq!(by_runner[0]["runner_id"], OTHER_RUNNER);
+    assert_eq!(by_runner[0]["rows"], 2);
+    assert_eq!(by_runner[1]["rows"], 7);
+    let by_scope = stats["by_scope"].as_array().unwrap();
+    assert_eq!(by_scope[0]["scope"], "actor");
+    assert_eq!(by_scope[0]["rows"], 4);
+    assert!(by_scope[1]["value_bytes"].as_i64().unwrap() > 0);
+
+    let all = export(&t.url, &[]);
+    assert_eq!(all.len(), 9);
+    let python = all
+        .iter()
+        .find(|r| r["state_key"] == "memory.python")
+        .unwrap();
+    assert_eq!(python["value"], json!({"from": "python", "n": 1}));
+
+    let bobs = export(&t.url, &["--actor-id", "Bob", "--runner", RUNNER]);
+    assert_eq!(bobs.len(), 3, "{bobs:?}");
+    assert!(bobs.iter().all(|r| r["actor_id"] == "Bob"));
+    let scoped = export(
+        &t.url,
+        &["--conversation", "c-bob", "--scope", "conversation"],
+    );
+    assert_eq!(scoped.len(), 2);
+    let prefixed = export(&t.url, &["--key-prefix", "memory."]);
+    assert_eq!(prefixed.len(), 5);
+
+    let listed = ok(admin(&t.url, &["list", "--bot", "bot-1"]));
+    assert_eq!(listed.lines().count(), 1 + 9, "{listed}");
+}
+
+async fn get_by_key_and_by_identity(t: TestDb) {
+    seed(&t).await;
+    let c = ctx(RUNNER, "c-bob", "Bob");
+    let by_key = ok(admin(
+        &t.url,
+        &[
+            "get",
+            "--scope-key",
+            c.scope_key(Scope::Actor).unwrap(),
+            "--key",
+            "prefs",
+        ],
+    ));
+    assert_eq!(by_key.trim(), r#"["Bob"]"#);
+    let by_identity = ok(admin(
+        &t.url,
+        &[
+            "get",
+            "--scope",
+            "conversation",
+            "--key",
+            "memory.summary",
+            "--runner",
+            RUNNER,
+            "--binding-id",
+            "pipeline-1",
+            "--bot",
+            "bot-1",
+            "--conversation",
+            "c-bob",
+        ],
+    ));
+    assert_eq!(by_identity.trim(), r#"{"by":"Bob"}"#);
+    let missing = admin(
+        &t.url,
+        &["get", "--scope-key", "runner:v2:none", "--key", "k"],
+    );
+    assert_eq!(missing.status.code(), Some(1));
+}
+
+async fn purge_is_exact_and_dry_by_default(t: TestDb) {
+    seed(&t).await;
+    let before = count(&t).await;
+    let dry = ok(admin(&t.url, &["purge", "--actor-id", "Bob"]));
+    assert!(dry.contains("would delete 5 row(s)"), "{dry}");
+    assert!(dry.contains("dry run"), "{dry}");
+    assert_eq!(count(&t).await, before, "a dry run deleted rows");
+
+    let done = ok(admin(&t.url, &["purge", "--actor-id", "Bob", "--yes"]));
+    assert!(done.contains("deleted 5 row(s)"), "{done}");
+    let left = export(&t.url, &[]);
+    assert_eq!(left.len(), before - 5);
+    let actors: Vec<&str> = left
+        .iter()
+        .map(|r| r["actor_id"].as_str().unwrap())
+        .collect();
+    assert!(
+        actors.iter().all(|a| *a == "bob" || *a == "Bob "),
+        "{actors:?}"
+    );
+
+    // A conversation's memory.
+    let done = ok(admin(
+        &t.url,
+        &[
+            "purge",
+            "--conversation",
+            "c-lower",
+            "--scope",
+            "conversation",
+            "--yes",
+        ],
+    ));
+    assert!(done.contains("deleted 1 row(s)"), "{done}");
+    assert_eq!(count(&t).await, before - 6);
+
+    // A purge needs a subject.
+    let refused = admin(&t.url, &["purge", "--scope", "actor", "--yes"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(count(&t).await, before - 6);
+}
+
+async fn hostile_filters_are_data(t: TestDb) {
+    seed(&t).await;
+    let before = count(&t).await;
+    for hostile in [
+        "x' OR '1'='1",
+        "Bob'; DELETE FROM agent_runner_state; --",
+        "%",
+        "\\",
+    ] {
+        let out = ok(admin(&t.url, &["purge", "--actor-id", hostile, "--yes"]));
+        assert!(out.contains("deleted 0 row(s)"), "{hostile}: {out}");
+        assert!(export(&t.url, &["--key-prefix", hostile]).is_empty());
+    }
+    assert!(export(&t.url, &["--key-prefix", "%"]).is_empty());
+    assert_eq!(count(&t).await, before);
+}
+
+#[test]
+fn scope_key_matches_the_identity_functions() {
+    let out = ok(Command::new(admin_bin())
+        .args([
+            "scope-key",
+            "--runner",
+            RUNNER,
+            "--binding-id",
+            "pipeline-1",
+            "--bot",
+            "bot-1",
+            "--conversation",
+            "c-bob",
+            "--actor-type",
+            "user",
+            "--actor-id",
+            "Bob",
+        ])
+        .output()
+        .unwrap());
+    let c = ctx(RUNNER, "c-bob", "Bob");
+    let expected = format!(
+        "binding_identity\tpipeline-1\nconversation\t{}\nactor\t{}\nsubject\t(no identity for this scope)\nrunner\t{}\n",
+        c.scope_key(Scope::Conversation).unwrap(),
+        c.scope_key(Scope::Actor).unwrap(),
+        c.scope_key(Scope::Runner).unwrap()
+    );
+    assert_eq!(out, expected);
+}
+
+on_every_backend!(
+    stats_list_and_export,
+    get_by_key_and_by_identity,
+    purge_is_exact_and_dry_by_default,
+    hostile_filters_are_data,
+);
