@@ -130,11 +130,9 @@ async fn status_gates_deploys_and_never_writes(t: TestDb) {
     let dir = temp_dir(&format!("status-{}", t.backend.name()));
     let out = migration(&dir, &["-u", &t.url, "status"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("0 applied, 2 pending"),
-        "{}",
-        stdout(&out)
-    );
+    let total = Migrator::migrations().len();
+    let counts = |applied: usize| format!("{applied} applied, {} pending", total - applied);
+    assert!(stdout(&out).contains(&counts(0)), "{}", stdout(&out));
     assert_eq!(
         catalog::table_names(&t.db).await.unwrap(),
         Vec::<String>::new()
@@ -145,21 +143,13 @@ async fn status_gates_deploys_and_never_writes(t: TestDb) {
     assert!(out.status.success(), "{}", stderr(&out));
     let out = migration(&dir, &["-u", &t.url, "status"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("1 applied, 1 pending"),
-        "{}",
-        stdout(&out)
-    );
+    assert!(stdout(&out).contains(&counts(1)), "{}", stdout(&out));
 
     let out = migration(&dir, &["-u", &t.url, "up"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = migration(&dir, &["-u", &t.url, "status"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("2 applied, 0 pending"),
-        "{}",
-        stdout(&out)
-    );
+    assert!(stdout(&out).contains(&counts(total)), "{}", stdout(&out));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -97,7 +97,8 @@ async fn vectors_port_and_restore(t: TestDb) {
         "the database changed the config text on insert"
     );
 
-    Migrator::up(&t.db, None).await.unwrap();
+    // The schema migration and the port; not the runner id rename after it.
+    Migrator::up(&t.db, Some(2)).await.unwrap();
     let after = configs(&t).await;
     let mut changed = 0;
     for ((uuid, text), ((_, before), expected)) in after.iter().zip(rows.iter().zip(&migrated)) {
@@ -175,6 +176,8 @@ async fn killed_and_rerun(t: TestDb) {
     t.create_langbot_schema().await;
     let rows = many_rows(20_000);
     insert_pipelines(&t, &rows).await;
+    // The schema first; the killed runs apply the port alone (`up -n 1`).
+    Migrator::up(&t.db, Some(1)).await.unwrap();
     let dir = std::env::temp_dir();
     let spawn = |args: &[&str]| {
         Command::new(migration_bin())
@@ -195,7 +198,7 @@ async fn killed_and_rerun(t: TestDb) {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let delay = 150 + round * 250 + (seed >> 33) % 150;
-        let mut child = spawn(&["up"]);
+        let mut child = spawn(&["up", "-n", "1"]);
         tokio::time::sleep(Duration::from_millis(delay)).await;
         let finished = child.try_wait().unwrap().is_some();
         child.kill().ok();
@@ -209,7 +212,7 @@ async fn killed_and_rerun(t: TestDb) {
         };
         progress.push((delay, finished, kept));
     }
-    let out = spawn(&["up"]).wait_with_output().unwrap();
+    let out = spawn(&["up", "-n", "1"]).wait_with_output().unwrap();
     assert!(out.status.success(), "final run failed");
     eprintln!("kills (delay ms, had finished, originals kept): {progress:?}");
 

@@ -166,3 +166,111 @@ fn config_migration() {
     }
     report("config_migration.json", cases.len(), failures);
 }
+
+#[derive(Deserialize)]
+struct RenameFile {
+    renames: BTreeMap<String, String>,
+    json_documents: Vec<RenameDoc>,
+    state_rows: Vec<RenameRowCase>,
+}
+
+#[derive(Deserialize)]
+struct RenameDoc {
+    input: serde_json::Value,
+    expected: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+struct RenameRowCase {
+    row: RenameRow,
+    expected: Option<RenameExpected>,
+}
+
+#[derive(Deserialize)]
+struct RenameRow {
+    scope: String,
+    scope_key: String,
+    #[serde(flatten)]
+    identity: IdentityColumns,
+}
+
+#[derive(Deserialize, Debug, PartialEq)]
+struct RenameExpected {
+    runner_id: String,
+    binding_identity: String,
+    scope_key: String,
+}
+
+fn rename_vectors() -> RenameFile {
+    serde_json::from_value(read_vectors("runner_id_rename.json")).expect("runner_id_rename.json")
+}
+
+#[test]
+fn runner_id_rename_documents() {
+    use service::rename::{RUNNER_ID_RENAMES, Renames};
+    let file = rename_vectors();
+    let ours: BTreeMap<String, String> = RUNNER_ID_RENAMES
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(ours, file.renames, "the rename table");
+    let renames = Renames::official();
+    let mut failures = Vec::new();
+    for (i, case) in file.json_documents.iter().enumerate() {
+        let mut doc = case.input.clone();
+        renames.apply_json(&mut doc);
+        if doc != case.expected {
+            failures.push(format!(
+                "document {i}: got {doc}, expected {}",
+                case.expected
+            ));
+        }
+        // The inverse rename undoes it where no key collided.
+        let mut back = doc.clone();
+        Renames::official().inverse().apply_json(&mut back);
+        let mut again = back.clone();
+        renames.apply_json(&mut again);
+        if again != doc {
+            failures.push(format!(
+                "document {i}: rename, inverse, rename is not stable"
+            ));
+        }
+    }
+    report(
+        "runner_id_rename.json json_documents",
+        file.json_documents.len(),
+        failures,
+    );
+}
+
+#[test]
+fn runner_id_rename_state_rows() {
+    use service::rename::{Renames, rename_row};
+    let file = rename_vectors();
+    let renames = Renames::official();
+    let mut failures = Vec::new();
+    for (i, case) in file.state_rows.iter().enumerate() {
+        let got = rename_row(
+            &renames,
+            &case.row.scope,
+            &case.row.scope_key,
+            &case.row.identity,
+        )
+        .map(|r| RenameExpected {
+            runner_id: r.runner_id,
+            binding_identity: r.binding_identity,
+            scope_key: r.scope_key,
+        });
+        if got != case.expected {
+            failures.push(format!(
+                "state row {i}: got {got:?}, expected {:?}",
+                case.expected
+            ));
+        }
+    }
+    report(
+        "runner_id_rename.json state_rows",
+        file.state_rows.len(),
+        failures,
+    );
+}

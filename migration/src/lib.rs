@@ -6,6 +6,8 @@ pub mod catalog;
 pub mod lock;
 pub mod m20261125_000001_create_agent_runner_state;
 pub mod m20261125_000002_port_legacy_runner_blocks;
+pub mod m20261125_000003_rename_runner_ids;
+pub mod pipeline_rewrite;
 pub mod settings;
 
 /// Every migration of this workspace, in the order they apply.
@@ -17,6 +19,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261125_000001_create_agent_runner_state::Migration),
             Box::new(m20261125_000002_port_legacy_runner_blocks::Migration),
+            Box::new(m20261125_000003_rename_runner_ids::Migration),
         ]
     }
 }
@@ -53,6 +56,18 @@ pub async fn plan<C: sea_orm_migration::sea_orm::ConnectionTrait>(
             port::PIPELINES_TABLE,
             settings::batch_size(),
             port::BACKUP_TABLE
+        )]);
+    }
+    use m20261125_000003_rename_runner_ids as rename;
+    if name == rename::Migration.name() {
+        return Ok(vec![format!(
+            "-- data migration: rename official runner ids in {} and agent_runner_state (batches of {}), \
+             keeping what it changes in {}, {} and {}",
+            port::PIPELINES_TABLE,
+            settings::batch_size(),
+            rename::CONFIG_BACKUP_TABLE,
+            rename::RENAME_LOG_TABLE,
+            rename::CONFLICTS_TABLE
         )]);
     }
     Ok(vec![format!("-- {name}: no schema statements")])

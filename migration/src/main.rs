@@ -114,6 +114,10 @@ const OWNED_TABLES: &[&str] = &[
     "seaql_migrations",
     migration::m20261125_000001_create_agent_runner_state::TABLE,
     migration::m20261125_000001_create_agent_runner_state::ORIGIN_TABLE,
+    migration::m20261125_000002_port_legacy_runner_blocks::BACKUP_TABLE,
+    migration::m20261125_000003_rename_runner_ids::CONFIG_BACKUP_TABLE,
+    migration::m20261125_000003_rename_runner_ids::RENAME_LOG_TABLE,
+    migration::m20261125_000003_rename_runner_ids::CONFLICTS_TABLE,
 ];
 
 #[tokio::main(flavor = "current_thread")]

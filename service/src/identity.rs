@@ -171,6 +171,21 @@ impl IdentityColumns {
 
     /// The key of `scope`, or `None` when the identity it needs is missing.
     pub fn scope_key(&self, scope: Scope) -> Option<String> {
+        let required = match scope {
+            Scope::Conversation => &self.conversation_id,
+            Scope::Actor => &self.actor_id,
+            Scope::Subject => &self.subject_id,
+            Scope::Runner => return Some(self.stored_row_scope_key(scope)),
+        };
+        non_empty(required)?;
+        Some(self.stored_row_scope_key(scope))
+    }
+
+    /// The key of `scope` from these columns as they are, without checking
+    /// that the scope's identity is present: how LangBot recomputes the key
+    /// of a stored row (a rename does), where an empty or missing id is
+    /// hashed as it is.
+    pub fn stored_row_scope_key(&self, scope: Scope) -> String {
         let text = |s: &Option<String>| s.clone().map_or(Value::Null, Value::String);
         let mut payload = Map::new();
         payload.insert("version".into(), Value::from(2));
@@ -184,28 +199,25 @@ impl IdentityColumns {
         payload.insert("workspace_id".into(), text(&self.workspace_id));
         match scope {
             Scope::Conversation => {
-                let conversation = non_empty(&self.conversation_id)?;
-                payload.insert("conversation_id".into(), conversation.into());
+                payload.insert("conversation_id".into(), text(&self.conversation_id));
                 payload.insert("thread_id".into(), text(&self.thread_id));
             }
             Scope::Actor => {
-                let actor = non_empty(&self.actor_id)?;
                 let kind = non_empty(&self.actor_type).unwrap_or("user");
                 payload.insert("actor_type".into(), kind.into());
-                payload.insert("actor_id".into(), actor.into());
+                payload.insert("actor_id".into(), text(&self.actor_id));
             }
             Scope::Subject => {
-                let subject = non_empty(&self.subject_id)?;
                 let kind = non_empty(&self.subject_type).unwrap_or("unknown");
                 payload.insert("subject_type".into(), kind.into());
-                payload.insert("subject_id".into(), subject.into());
+                payload.insert("subject_id".into(), text(&self.subject_id));
             }
             Scope::Runner => {}
         }
-        Some(format!(
+        format!(
             "{scope}:v2:{}",
             sha256_hex(canonical_json(&Value::Object(payload)).as_bytes())
-        ))
+        )
     }
 
     /// The key of every scope that has its identity.

@@ -5,6 +5,7 @@ pub mod error;
 pub mod identity;
 pub mod legacy;
 pub mod policy;
+pub mod rename;
 pub mod run;
 pub mod store;
 

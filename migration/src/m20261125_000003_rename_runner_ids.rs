@@ -1,0 +1,364 @@
+//! Renames the official runner ids to their marketplace ids (SPEC section
+//! 7), in pipeline configs and in state rows, reversibly and safe to kill.
+//!
+//! * Pipeline configs go through [`crate::pipeline_rewrite`]: every old id in
+//!   an object key or string value is replaced, originals kept for `down`.
+//! * State rows whose `runner_id` or `binding_identity` holds an old id get
+//!   the new ids and a scope key recomputed from their own columns. Each
+//!   renamed row's former ids and key are logged in [`RENAME_LOG_TABLE`];
+//!   when the new `(scope_key, state_key)` is already taken, the existing
+//!   row wins and the renamed one moves, whole, to [`CONFLICTS_TABLE`]:
+//!   nothing is lost. Rows are walked by id in batches, one transaction each.
+//! * `down` is the inverse rename, applied exactly to the rows the rename
+//!   touched: each logged row gets its former ids and key back, and every
+//!   row moved aside by a conflict returns with its own id, so `up` then
+//!   `down` leaves both tables as they were. Pipeline configs get their
+//!   original text back, byte for byte.
+
+use std::sync::LazyLock;
+use std::time::Instant;
+
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::{
+    ConnectionTrait, DbBackend, QueryResult, Statement, TransactionSession, TransactionTrait,
+    Value as SqlValue,
+};
+use serde_json::Value;
+use service::IdentityColumns;
+use service::rename::{Renames, rename_row};
+
+use crate::catalog;
+use crate::pipeline_rewrite::{self, Rewrite};
+use crate::settings;
+
+/// This workspace's table of original pipeline configs, for `down`.
+pub const CONFIG_BACKUP_TABLE: &str = "legacy_pipelines_runner_rename_backup";
+
+/// Former ids and key of every renamed state row, for `down`.
+pub const RENAME_LOG_TABLE: &str = "agent_runner_state_rename_log";
+
+/// State rows that lost to an existing row under their new key, kept whole.
+pub const CONFLICTS_TABLE: &str = "agent_runner_state_rename_conflicts";
+
+static RENAMES: LazyLock<Renames> = LazyLock::new(Renames::official);
+
+fn rename_config(config: &mut Value) -> Result<bool, &'static str> {
+    Ok(RENAMES.apply_json(config))
+}
+
+const RENAME_CONFIGS: Rewrite = Rewrite {
+    label: "runner id rename in pipeline configs",
+    backup_table: CONFIG_BACKUP_TABLE,
+    transform: rename_config,
+};
+
+/// What one pass over the state rows did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RenameSummary {
+    /// State rows read.
+    pub scanned: u64,
+    /// Rows renamed in place.
+    pub renamed: u64,
+    /// Rows moved to the conflicts table (an existing row had their new key).
+    pub conflicts: u64,
+}
+
+/// The state row columns this migration reads, in this order.
+const ROW_COLUMNS: &str = "id, runner_id, binding_identity, scope, scope_key, state_key, bot_id, \
+    workspace_id, conversation_id, thread_id, actor_type, actor_id, subject_type, subject_id";
+
+struct Sql {
+    backend: DbBackend,
+}
+
+impl Sql {
+    fn stmt(&self, sql: &str, values: Vec<SqlValue>) -> Statement {
+        let sql = match self.backend {
+            DbBackend::Postgres => {
+                // `?` placeholders, numbered for PostgreSQL.
+                let mut out = String::with_capacity(sql.len() + 8);
+                let mut n = 0;
+                for c in sql.chars() {
+                    if c == '?' {
+                        n += 1;
+                        out.push_str(&format!("${n}"));
+                    } else {
+                        out.push(c);
+                    }
+                }
+                out
+            }
+            _ => sql.to_owned(),
+        };
+        Statement::from_sql_and_values(self.backend, sql, values)
+    }
+
+    fn lock(&self) -> &'static str {
+        match self.backend {
+            DbBackend::Sqlite => "",
+            _ => " FOR UPDATE",
+        }
+    }
+}
+
+async fn create_tables<C: ConnectionTrait>(db: &C) -> Result<(), DbErr> {
+    let log = Table::create()
+        .table(Alias::new(RENAME_LOG_TABLE))
+        .if_not_exists()
+        .col(
+            ColumnDef::new(Alias::new("id"))
+                .integer()
+                .not_null()
+                .primary_key(),
+        )
+        .col(
+            ColumnDef::new(Alias::new("runner_id"))
+                .string_len(255)
+                .not_null(),
+        )
+        .col(
+            ColumnDef::new(Alias::new("binding_identity"))
+                .string_len(255)
+                .not_null(),
+        )
+        .col(
+            ColumnDef::new(Alias::new("scope_key"))
+                .string_len(512)
+                .not_null(),
+        )
+        .to_owned();
+    db.execute(&log).await?;
+    if !catalog::table_exists(db, CONFLICTS_TABLE).await? {
+        // The same columns as the state table, whatever their types there.
+        db.execute_unprepared(&format!(
+            "CREATE TABLE {CONFLICTS_TABLE} AS SELECT * FROM agent_runner_state WHERE 1 = 0"
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+fn text(row: &QueryResult, i: usize) -> Result<Option<String>, DbErr> {
+    row.try_get_by_index(i)
+}
+
+/// Renames every state row that holds an old id; see the module docs.
+///
+/// # Errors
+/// A database error; the batches committed before it stay.
+pub async fn rename_state_rows<C>(db: &C, batch_size: u64) -> Result<RenameSummary, DbErr>
+where
+    C: ConnectionTrait + TransactionTrait,
+{
+    let mut summary = RenameSummary::default();
+    if !catalog::table_exists(db, "agent_runner_state").await? {
+        return Ok(summary);
+    }
+    create_tables(db).await?;
+    let sql = Sql {
+        backend: db.get_database_backend(),
+    };
+    let started = Instant::now();
+    let mut after = 0i64;
+    loop {
+        let txn = db.begin().await?;
+        let rows = txn
+            .query_all_raw(sql.stmt(
+                &format!(
+                    "SELECT {ROW_COLUMNS} FROM agent_runner_state WHERE id > ? ORDER BY id LIMIT {batch_size}{}",
+                    sql.lock()
+                ),
+                vec![after.into()],
+            ))
+            .await?;
+        let Some(last) = rows.last() else {
+            txn.commit().await?;
+            break;
+        };
+        after = last.try_get_by_index::<i32>(0)?.into();
+        for row in &rows {
+            summary.scanned += 1;
+            let id: i32 = row.try_get_by_index(0)?;
+            let identity = IdentityColumns {
+                runner_id: row.try_get_by_index(1)?,
+                binding_identity: row.try_get_by_index(2)?,
+                bot_id: text(row, 6)?,
+                workspace_id: text(row, 7)?,
+                conversation_id: text(row, 8)?,
+                thread_id: text(row, 9)?,
+                actor_type: text(row, 10)?,
+                actor_id: text(row, 11)?,
+                subject_type: text(row, 12)?,
+                subject_id: text(row, 13)?,
+            };
+            let scope: String = row.try_get_by_index(3)?;
+            let scope_key: String = row.try_get_by_index(4)?;
+            let state_key: String = row.try_get_by_index(5)?;
+            let Some(new) = rename_row(&RENAMES, &scope, &scope_key, &identity) else {
+                continue;
+            };
+            let taken = txn
+                .query_one_raw(sql.stmt(
+                    "SELECT id FROM agent_runner_state WHERE scope_key = ? AND state_key = ?",
+                    vec![new.scope_key.clone().into(), state_key.clone().into()],
+                ))
+                .await?
+                .map(|r| r.try_get_by_index::<i32>(0))
+                .transpose()?;
+            if taken.is_some_and(|other| other != id) {
+                // The existing row wins; this one is kept aside, whole.
+                txn.execute_raw(sql.stmt(
+                    &format!("INSERT INTO {CONFLICTS_TABLE} SELECT * FROM agent_runner_state WHERE id = ?"),
+                    vec![id.into()],
+                ))
+                .await?;
+                txn.execute_raw(sql.stmt(
+                    "DELETE FROM agent_runner_state WHERE id = ?",
+                    vec![id.into()],
+                ))
+                .await?;
+                summary.conflicts += 1;
+                tracing::warn!(
+                    row = id,
+                    %state_key,
+                    "renamed state row meets an existing row under its new key: the existing row \
+                     wins, this one is kept in {CONFLICTS_TABLE}"
+                );
+                continue;
+            }
+            let logged = txn
+                .query_one_raw(sql.stmt(
+                    &format!("SELECT id FROM {RENAME_LOG_TABLE} WHERE id = ?"),
+                    vec![id.into()],
+                ))
+                .await?;
+            if logged.is_none() {
+                txn.execute_raw(sql.stmt(
+                    &format!(
+                        "INSERT INTO {RENAME_LOG_TABLE} (id, runner_id, binding_identity, scope_key) VALUES (?, ?, ?, ?)"
+                    ),
+                    vec![
+                        id.into(),
+                        identity.runner_id.clone().into(),
+                        identity.binding_identity.clone().into(),
+                        scope_key.into(),
+                    ],
+                ))
+                .await?;
+            }
+            txn.execute_raw(sql.stmt(
+                "UPDATE agent_runner_state SET runner_id = ?, binding_identity = ?, scope_key = ? WHERE id = ?",
+                vec![
+                    new.runner_id.into(),
+                    new.binding_identity.into(),
+                    new.scope_key.into(),
+                    id.into(),
+                ],
+            ))
+            .await?;
+            summary.renamed += 1;
+        }
+        txn.commit().await?;
+    }
+    tracing::info!(
+        "runner id rename in state rows done in {:.1}s: {} scanned, {} renamed, {} kept aside after conflicts",
+        started.elapsed().as_secs_f64(),
+        summary.scanned,
+        summary.renamed,
+        summary.conflicts
+    );
+    Ok(summary)
+}
+
+/// Undoes [`rename_state_rows`] exactly: logged rows get their former ids
+/// and key back, rows kept aside return with their own id.
+///
+/// # Errors
+/// A database error, or a row that cannot return because another row took
+/// its key since the rename (then nothing of that batch changes).
+pub async fn restore_state_rows<C>(db: &C, batch_size: u64) -> Result<(), DbErr>
+where
+    C: ConnectionTrait + TransactionTrait,
+{
+    let sql = Sql {
+        backend: db.get_database_backend(),
+    };
+    if catalog::table_exists(db, RENAME_LOG_TABLE).await? {
+        loop {
+            let txn = db.begin().await?;
+            let rows = txn
+                .query_all_raw(sql.stmt(
+                    &format!(
+                        "SELECT id, runner_id, binding_identity, scope_key FROM {RENAME_LOG_TABLE} \
+                         ORDER BY id LIMIT {batch_size}"
+                    ),
+                    vec![],
+                ))
+                .await?;
+            if rows.is_empty() {
+                txn.commit().await?;
+                break;
+            }
+            for row in &rows {
+                let id: i32 = row.try_get_by_index(0)?;
+                let (runner_id, binding_identity, scope_key): (String, String, String) = (
+                    row.try_get_by_index(1)?,
+                    row.try_get_by_index(2)?,
+                    row.try_get_by_index(3)?,
+                );
+                txn.execute_raw(sql.stmt(
+                    "UPDATE agent_runner_state SET runner_id = ?, binding_identity = ?, scope_key = ? WHERE id = ?",
+                    vec![runner_id.into(), binding_identity.into(), scope_key.into(), id.into()],
+                ))
+                .await?;
+                txn.execute_raw(sql.stmt(
+                    &format!("DELETE FROM {RENAME_LOG_TABLE} WHERE id = ?"),
+                    vec![id.into()],
+                ))
+                .await?;
+            }
+            txn.commit().await?;
+        }
+        db.execute(&Table::drop().table(Alias::new(RENAME_LOG_TABLE)).to_owned())
+            .await?;
+    }
+    if catalog::table_exists(db, CONFLICTS_TABLE).await? {
+        let txn = db.begin().await?;
+        txn.execute_unprepared(&format!(
+            "INSERT INTO agent_runner_state SELECT * FROM {CONFLICTS_TABLE}"
+        ))
+        .await?;
+        txn.execute_unprepared(&format!("DELETE FROM {CONFLICTS_TABLE}"))
+            .await?;
+        txn.commit().await?;
+        db.execute(&Table::drop().table(Alias::new(CONFLICTS_TABLE)).to_owned())
+            .await?;
+    }
+    Ok(())
+}
+
+/// The migration.
+#[derive(DeriveMigrationName)]
+pub struct Migration;
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        pipeline_rewrite::rewrite_all(db, &RENAME_CONFIGS, settings::batch_size()).await?;
+        rename_state_rows(db, settings::batch_size()).await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        restore_state_rows(db, settings::batch_size()).await?;
+        pipeline_rewrite::restore_all(db, CONFIG_BACKUP_TABLE, settings::batch_size()).await?;
+        Ok(())
+    }
+
+    /// Each batch commits on its own, so that a killed run keeps its work.
+    fn use_transaction(&self) -> Option<bool> {
+        Some(false)
+    }
+}

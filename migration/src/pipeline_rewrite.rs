@@ -1,0 +1,409 @@
+//! Rewriting every `legacy_pipelines.config` in batches, reversibly and
+//! safe to kill: the machinery the data migrations on pipeline configs share
+//! (the legacy runner port, the runner id rename), each with its own
+//! transform and its own backup table.
+//!
+//! * Rows are walked in primary-key order, a batch at a time (keyset
+//!   pagination), so memory stays flat whatever the row count.
+//! * Each batch is one transaction: its rows are locked, transformed, written
+//!   back (only those that change), and their original config text is kept
+//!   in the backup table, all committed together. A run killed at any point
+//!   leaves whole batches; the rerun transforms what is left (transformed
+//!   rows no longer change) and ends where an uninterrupted run would.
+//! * Configs that are not JSON, or that the transform refuses, stay byte for
+//!   byte as they are and are reported by pipeline uuid.
+//! * Restoring writes every kept original back, byte for byte, then drops
+//!   the backup table.
+//!
+//! It reads and writes `legacy_pipelines` through its own statements on just
+//! `uuid` and `config` (a frozen view, not a live entity), and writes
+//! `config` in the type the column has (`json`/`jsonb` on PostgreSQL,
+//! JSON/LONGTEXT on MySQL, text on SQLite).
+
+use std::time::{Duration, Instant};
+
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::{
+    ConnectionTrait, DbBackend, Statement, TransactionSession, TransactionTrait,
+};
+use serde_json::Value;
+
+use crate::catalog;
+
+/// LangBot's pipelines table.
+pub const PIPELINES_TABLE: &str = "legacy_pipelines";
+
+/// One rewrite of every pipeline config.
+pub struct Rewrite {
+    /// What it is called in progress lines.
+    pub label: &'static str,
+    /// This workspace's table of original configs, for restoring.
+    pub backup_table: &'static str,
+    /// Changes a config in place: `Ok(true)` if it changed; `Err(reason)`
+    /// leaves it as it is and reports it.
+    pub transform: fn(&mut Value) -> Result<bool, &'static str>,
+}
+
+/// Most bytes of config text sent in one statement.
+const MAX_STATEMENT_BYTES: usize = 4 << 20;
+
+/// How often progress is logged on large tables.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// What one pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RewriteSummary {
+    /// Rows read.
+    pub scanned: u64,
+    /// Rows transformed and written back.
+    pub changed: u64,
+    /// Rows the transform left as they were.
+    pub unchanged: u64,
+    /// Rows left as they are because the transform cannot apply (reported).
+    pub reported: u64,
+}
+
+fn backup(table: &str) -> Alias {
+    Alias::new(table)
+}
+
+fn uuid_col() -> Alias {
+    Alias::new("uuid")
+}
+
+fn original_col() -> Alias {
+    Alias::new("original_config")
+}
+
+/// How `config` is written back on this database.
+struct Target {
+    backend: DbBackend,
+    /// `CAST(? AS ...)` for PostgreSQL's json/jsonb; none elsewhere.
+    cast: Option<String>,
+}
+
+impl Target {
+    async fn detect<C: ConnectionTrait>(db: &C) -> Result<Self, DbErr> {
+        let backend = db.get_database_backend();
+        let cast = match backend {
+            DbBackend::Postgres => {
+                let table = catalog::read_table(db, PIPELINES_TABLE).await?;
+                let ty = table
+                    .as_ref()
+                    .and_then(|t| t.column("config"))
+                    .map(|c| c.data_type.clone())
+                    .unwrap_or_else(|| "json".into());
+                Some(ty)
+            }
+            _ => None,
+        };
+        Ok(Self { backend, cast })
+    }
+
+    /// `config` as text, whatever its type.
+    fn read_config(&self) -> &'static str {
+        match self.backend {
+            DbBackend::Postgres => "CAST(config AS text)",
+            DbBackend::MySql => "CAST(config AS CHAR)",
+            _ => "config",
+        }
+    }
+
+    fn placeholder(&self, n: usize) -> String {
+        match self.backend {
+            DbBackend::Postgres => format!("${n}"),
+            _ => "?".to_owned(),
+        }
+    }
+
+    /// One statement setting `config` of each `(uuid, text)` pair: a join
+    /// with a VALUES list on PostgreSQL and SQLite (one index lookup per row),
+    /// a CASE on MySQL (whose VALUES lists differ between MariaDB and MySQL 8).
+    fn update(&self, rows: &[(String, String)]) -> Statement {
+        let mut values: Vec<sea_orm_migration::sea_orm::Value> = Vec::with_capacity(rows.len() * 3);
+        let mut list = String::with_capacity(rows.len() * 16);
+        for (i, (uuid, text)) in rows.iter().enumerate() {
+            if i > 0 {
+                list.push_str(", ");
+            }
+            match self.backend {
+                DbBackend::MySql => list.push_str(" WHEN ? THEN ?"),
+                _ => list.push_str(&format!(
+                    "({}, {})",
+                    self.placeholder(values.len() + 1),
+                    self.placeholder(values.len() + 2)
+                )),
+            }
+            values.push(uuid.clone().into());
+            values.push(text.clone().into());
+        }
+        let sql = match self.backend {
+            DbBackend::Postgres => format!(
+                "UPDATE legacy_pipelines AS p SET config = CAST(v.config AS {}) \
+                 FROM (VALUES {list}) AS v(uuid, config) WHERE p.uuid = v.uuid",
+                self.cast.as_deref().unwrap_or("json")
+            ),
+            DbBackend::MySql => {
+                let list = list.replace(", ", "");
+                let keys = vec!["?"; rows.len()].join(", ");
+                for (uuid, _) in rows {
+                    values.push(uuid.clone().into());
+                }
+                format!(
+                    "UPDATE legacy_pipelines SET config = CASE uuid{list} END WHERE uuid IN ({keys})"
+                )
+            }
+            _ => format!(
+                "UPDATE legacy_pipelines SET config = v.column2 \
+                 FROM (VALUES {list}) AS v WHERE legacy_pipelines.uuid = v.column1"
+            ),
+        };
+        Statement::from_sql_and_values(self.backend, sql, values)
+    }
+}
+
+/// Splits rows into statements of bounded size.
+fn chunks(rows: &[(String, String)]) -> Vec<&[(String, String)]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, (uuid, text)) in rows.iter().enumerate() {
+        let size = uuid.len() * 2 + text.len();
+        if i > start && (bytes + size > MAX_STATEMENT_BYTES || i - start >= 500) {
+            out.push(&rows[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < rows.len() {
+        out.push(&rows[start..]);
+    }
+    out
+}
+
+async fn create_backup_table<C: ConnectionTrait>(db: &C, table: &str) -> Result<(), DbErr> {
+    let text_type = match db.get_database_backend() {
+        DbBackend::MySql => "longtext",
+        _ => "text",
+    };
+    let create = Table::create()
+        .table(backup(table))
+        .if_not_exists()
+        .col(
+            ColumnDef::new(uuid_col())
+                .string_len(255)
+                .not_null()
+                .primary_key(),
+        )
+        .col(
+            ColumnDef::new(original_col())
+                .custom(Alias::new(text_type))
+                .not_null(),
+        )
+        .to_owned();
+    db.execute(&create).await.map(|_| ())
+}
+
+/// Rewrites every row; see the module docs.
+///
+/// # Errors
+/// A database error; the batches committed before it stay.
+pub async fn rewrite_all<C>(
+    db: &C,
+    rewrite: &Rewrite,
+    batch_size: u64,
+) -> Result<RewriteSummary, DbErr>
+where
+    C: ConnectionTrait + TransactionTrait,
+{
+    let label = rewrite.label;
+    let mut summary = RewriteSummary::default();
+    if !catalog::table_exists(db, PIPELINES_TABLE).await? {
+        tracing::info!("{PIPELINES_TABLE} does not exist: nothing to do for the {label}");
+        return Ok(summary);
+    }
+    create_backup_table(db, rewrite.backup_table).await?;
+    let target = Target::detect(db).await?;
+    let total = count(db, PIPELINES_TABLE).await?;
+    let started = Instant::now();
+    let mut last_progress = started;
+    let mut after: Option<String> = None;
+    loop {
+        let batch = rewrite_batch(
+            db,
+            rewrite,
+            &target,
+            after.as_deref(),
+            batch_size,
+            &mut summary,
+        )
+        .await?;
+        let Some(last) = batch else { break };
+        after = Some(last);
+        if last_progress.elapsed() >= PROGRESS_EVERY {
+            last_progress = Instant::now();
+            let rate = summary.scanned as f64 / started.elapsed().as_secs_f64();
+            tracing::info!(
+                "{label}: {}/{total} rows ({rate:.0} rows/s), {} changed",
+                summary.scanned,
+                summary.changed
+            );
+        }
+    }
+    tracing::info!(
+        "{label} done in {:.1}s: {} scanned, {} changed, {} unchanged, {} reported",
+        started.elapsed().as_secs_f64(),
+        summary.scanned,
+        summary.changed,
+        summary.unchanged,
+        summary.reported
+    );
+    Ok(summary)
+}
+
+/// Rewrites one batch in one transaction; the last uuid read, or `None` at
+/// the end of the table.
+async fn rewrite_batch<C>(
+    db: &C,
+    rewrite: &Rewrite,
+    target: &Target,
+    after: Option<&str>,
+    batch_size: u64,
+    summary: &mut RewriteSummary,
+) -> Result<Option<String>, DbErr>
+where
+    C: ConnectionTrait + TransactionTrait,
+{
+    let txn = db.begin().await?;
+    let mut sql = format!(
+        "SELECT uuid, {} FROM legacy_pipelines",
+        target.read_config()
+    );
+    let mut values = Vec::new();
+    if let Some(after) = after {
+        sql.push_str(&format!(" WHERE uuid > {}", target.placeholder(1)));
+        values.push(after.into());
+    }
+    sql.push_str(&format!(" ORDER BY uuid LIMIT {batch_size}"));
+    if target.backend != DbBackend::Sqlite {
+        // Hold the rows until commit: LangBot may be editing pipelines.
+        sql.push_str(" FOR UPDATE");
+    }
+    let rows = txn
+        .query_all_raw(Statement::from_sql_and_values(target.backend, sql, values))
+        .await?;
+    let Some(last) = rows.last() else {
+        txn.commit().await?;
+        return Ok(None);
+    };
+    let last: String = last.try_get_by_index(0)?;
+    let mut changed: Vec<(String, String)> = Vec::new();
+    let mut originals: Vec<(String, String)> = Vec::new();
+    for row in &rows {
+        let uuid: String = row.try_get_by_index(0)?;
+        let text: Option<String> = row.try_get_by_index(1)?;
+        summary.scanned += 1;
+        let Some(text) = text else {
+            summary.unchanged += 1;
+            continue;
+        };
+        let ported = serde_json::from_str::<Value>(&text)
+            .map_err(|_| "config is not valid JSON")
+            .and_then(|mut config| Ok(((rewrite.transform)(&mut config)?, config)));
+        match ported {
+            Ok((false, _)) => summary.unchanged += 1,
+            Err(reason) => {
+                summary.reported += 1;
+                tracing::warn!(pipeline = %uuid, "pipeline config left unchanged: {reason}");
+            }
+            Ok((true, config)) => {
+                summary.changed += 1;
+                let text_out = serde_json::to_string(&config)
+                    .map_err(|e| DbErr::Custom(format!("serialise pipeline {uuid}: {e}")))?;
+                changed.push((uuid.clone(), text_out));
+                originals.push((uuid, text));
+            }
+        }
+    }
+    for chunk in chunks(&originals) {
+        let mut insert = Query::insert();
+        insert
+            .into_table(backup(rewrite.backup_table))
+            .columns([uuid_col(), original_col()])
+            // A kept original is the oldest one: never overwrite it. (An
+            // update of the key to itself, as sea-query's DO NOTHING is not
+            // valid MySQL.)
+            .on_conflict(
+                OnConflict::column(uuid_col())
+                    .update_column(uuid_col())
+                    .to_owned(),
+            );
+        for (uuid, text) in chunk {
+            insert.values_panic([uuid.clone().into(), text.clone().into()]);
+        }
+        txn.execute(&insert).await?;
+    }
+    for chunk in chunks(&changed) {
+        txn.execute_raw(target.update(chunk)).await?;
+    }
+    txn.commit().await?;
+    Ok(Some(last))
+}
+
+/// Writes every original kept in `backup_table` back and drops the table.
+///
+/// # Errors
+/// A database error; the batches restored before it stay restored.
+pub async fn restore_all<C>(db: &C, backup_table: &str, batch_size: u64) -> Result<u64, DbErr>
+where
+    C: ConnectionTrait + TransactionTrait,
+{
+    if !catalog::table_exists(db, backup_table).await? {
+        return Ok(0);
+    }
+    let target = Target::detect(db).await?;
+    let mut restored = 0;
+    loop {
+        let txn = db.begin().await?;
+        let select = Query::select()
+            .columns([uuid_col(), original_col()])
+            .from(backup(backup_table))
+            .order_by(uuid_col(), Order::Asc)
+            .limit(batch_size)
+            .to_owned();
+        let rows = txn.query_all(&select).await?;
+        if rows.is_empty() {
+            txn.commit().await?;
+            break;
+        }
+        let originals = rows
+            .iter()
+            .map(|r| Ok((r.try_get_by_index(0)?, r.try_get_by_index(1)?)))
+            .collect::<Result<Vec<(String, String)>, DbErr>>()?;
+        if catalog::table_exists(&txn, PIPELINES_TABLE).await? {
+            for chunk in chunks(&originals) {
+                txn.execute_raw(target.update(chunk)).await?;
+            }
+        }
+        let delete = Query::delete()
+            .from_table(backup(backup_table))
+            .and_where(Expr::col(uuid_col()).is_in(originals.iter().map(|(uuid, _)| uuid.clone())))
+            .to_owned();
+        txn.execute(&delete).await?;
+        txn.commit().await?;
+        restored += originals.len() as u64;
+    }
+    db.execute(&Table::drop().table(backup(backup_table)).to_owned())
+        .await?;
+    tracing::info!("{restored} pipeline configs restored from {backup_table}");
+    Ok(restored)
+}
+
+pub(crate) async fn count<C: ConnectionTrait>(db: &C, table: &str) -> Result<u64, DbErr> {
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            format!("SELECT COUNT(*) FROM {table}"),
+        ))
+        .await?;
+    Ok(row.map_or(Ok(0), |r| r.try_get_by_index::<i64>(0))? as u64)
+}
