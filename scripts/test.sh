@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 eval "$(scripts/test-dbs.sh | sed 's/^/export /')"
 cargo build --workspace --bins --quiet
+export TEST_BINARIES_BUILT=1
 # Doctests (the crate READMEs) are not run by nextest.
 cargo test --workspace --doc --quiet
 exec cargo nextest run --workspace --no-fail-fast "$@"

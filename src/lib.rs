@@ -36,6 +36,13 @@ impl Backend {
         }
     }
 
+    /// The backend named `sqlite`, `postgres` or `mysql`.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Sqlite, Self::Postgres, Self::MySql]
+            .into_iter()
+            .find(|b| b.name() == name)
+    }
+
     fn env_var(self) -> &'static str {
         match self {
             Self::Sqlite => "",
@@ -123,6 +130,16 @@ impl TestDb {
         if !backend.selected() {
             return None;
         }
+        Some(Self::create(backend, hint, None).await)
+    }
+
+    /// A new, empty database on `backend`: a temp file for SQLite, else a
+    /// database created on the server at `base_url` (default: from
+    /// `TEST_POSTGRES_URL` / `TEST_MYSQL_URL`). The benchmarks use it too.
+    ///
+    /// # Panics
+    /// When the backend's URL is missing or the server does not answer.
+    pub async fn create(backend: Backend, hint: &str, base_url: Option<&str>) -> Self {
         let name = unique_name(hint);
         let (url, cleanup) = match backend {
             Backend::Sqlite => {
@@ -132,12 +149,15 @@ impl TestDb {
             }
             Backend::Postgres | Backend::MySql => {
                 let var = backend.env_var();
-                let base = std::env::var(var).unwrap_or_else(|_| {
-                    panic!(
-                        "{var} is not set: start the test databases with scripts/test-dbs.sh \
-                         (or use scripts/test.sh), or narrow TEST_BACKENDS"
-                    )
-                });
+                let base = base_url
+                    .map(str::to_owned)
+                    .or_else(|| std::env::var(var).ok())
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "{var} is not set: start the test databases with scripts/test-dbs.sh \
+                             (or use scripts/test.sh), or narrow TEST_BACKENDS"
+                        )
+                    });
                 let base = split_base(&base).to_owned();
                 let admin_url = match backend {
                     Backend::Postgres => format!("{base}/postgres"),
@@ -164,12 +184,12 @@ impl TestDb {
         let db = service::connection::connect(&url)
             .await
             .unwrap_or_else(|e| panic!("connect {url}: {e}"));
-        Some(Self {
+        Self {
             backend,
             url,
             db,
             cleanup,
-        })
+        }
     }
 
     /// Runs `sql` (no parameters), panicking with the statement on error.
@@ -200,6 +220,51 @@ impl TestDb {
                     .collect()
             })
             .collect()
+    }
+
+    /// Inserts pipelines into LangBot's `legacy_pipelines`, each config text
+    /// exactly as given (cast to `json` on PostgreSQL).
+    pub async fn insert_pipelines(&self, rows: &[(String, String)]) {
+        for chunk in rows.chunks(200) {
+            let values: Vec<String> = chunk
+                .iter()
+                .map(|(uuid, config)| {
+                    let config = config.replace('\'', "''");
+                    let config = match self.backend {
+                        Backend::Postgres => format!("'{config}'::json"),
+                        _ => format!("'{config}'"),
+                    };
+                    format!("('{uuid}', 'n', 'd', 'v4', false, '[]', {config}, '{{}}')")
+                })
+                .collect();
+            self.exec(&format!(
+                "INSERT INTO legacy_pipelines (uuid, name, description, for_version, is_default, \
+                 stages, config, extensions_preferences) VALUES {}",
+                values.join(", ")
+            ))
+            .await;
+        }
+    }
+
+    /// Every pipeline's uuid and config text, by uuid.
+    pub async fn pipeline_configs(&self) -> Vec<(String, String)> {
+        let cast = match self.backend {
+            Backend::Postgres => "CAST(config AS text)",
+            Backend::MySql => "CAST(config AS CHAR)",
+            Backend::Sqlite => "config",
+        };
+        self.rows_as_text(&format!(
+            "SELECT uuid, {cast} FROM legacy_pipelines ORDER BY uuid"
+        ))
+        .await
+        .into_iter()
+        .map(|r| {
+            (
+                r[0].clone().unwrap_or_default(),
+                r[1].clone().unwrap_or_default(),
+            )
+        })
+        .collect()
     }
 
     /// Builds the database a running LangBot has: its own DDL for this
@@ -237,7 +302,7 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         match &self.cleanup {
             Cleanup::File(path) => {
-                for suffix in ["", "-wal", "-shm", "-journal"] {
+                for suffix in ["", "-wal", "-shm", "-journal", ".migration-lock"] {
                     let mut p = path.clone().into_os_string();
                     p.push(suffix);
                     let _ = std::fs::remove_file(p);
@@ -373,9 +438,10 @@ pub fn admin_bin() -> PathBuf {
 }
 
 /// Path of binary `bin` of workspace package `package`, next to the test
-/// executable. scripts/test.sh builds the binaries before the tests run; a
-/// binary older than this test executable may predate a change, so it is
-/// built again (once per test process).
+/// executable. scripts/test.sh builds the binaries before the tests run and
+/// sets `TEST_BINARIES_BUILT`; without it, the binary is built here (a no-op
+/// when up to date, once per test process), so a plain `cargo nextest run`
+/// never runs a stale binary.
 pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
     static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let exe = std::env::current_exe().expect("current exe");
@@ -389,8 +455,8 @@ pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
     if built.iter().any(|b| b == bin) {
         return path;
     }
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let fresh = matches!((modified(&path), modified(&exe)), (Some(b), Some(t)) if b >= t);
+    // scripts/test.sh builds every binary first and says so.
+    let fresh = std::env::var_os("TEST_BINARIES_BUILT").is_some() && path.exists();
     if !fresh {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = std::process::Command::new(cargo)

@@ -11,44 +11,6 @@ use migration::{Migrator, MigratorTrait, catalog};
 use serde_json::Value;
 use service::legacy::{Ported, port_config};
 
-/// Inserts pipelines with their config text exactly as given.
-async fn insert_pipelines(t: &TestDb, rows: &[(String, String)]) {
-    for chunk in rows.chunks(200) {
-        let values: Vec<String> = chunk
-            .iter()
-            .map(|(uuid, config)| {
-                let config = config.replace('\'', "''");
-                let config = match t.backend {
-                    Backend::Postgres => format!("'{config}'::json"),
-                    _ => format!("'{config}'"),
-                };
-                format!("('{uuid}', 'n', 'd', 'v4', false, '[]', {config}, '{{}}')")
-            })
-            .collect();
-        t.exec(&format!(
-            "INSERT INTO legacy_pipelines (uuid, name, description, for_version, is_default, \
-             stages, config, extensions_preferences) VALUES {}",
-            values.join(", ")
-        ))
-        .await;
-    }
-}
-
-async fn configs(t: &TestDb) -> Vec<(String, String)> {
-    let cast = match t.backend {
-        Backend::Postgres => "CAST(config AS text)",
-        Backend::MySql => "CAST(config AS CHAR)",
-        Backend::Sqlite => "config",
-    };
-    t.rows_as_text(&format!(
-        "SELECT uuid, {cast} FROM legacy_pipelines ORDER BY uuid"
-    ))
-    .await
-    .into_iter()
-    .map(|r| (r[0].clone().unwrap(), r[1].clone().unwrap()))
-    .collect()
-}
-
 /// Shapes the rules cannot apply to: left byte for byte, and reported. (Text
 /// that is not JSON at all fits only SQLite's column: PostgreSQL's `json` and
 /// MariaDB's JSON check refuse it.)
@@ -90,8 +52,8 @@ async fn vectors_port_and_restore(t: TestDb) {
         rows.push(("y-0".into(), NOT_JSON.into()));
     }
     let unportable = rows.len() - migrated.len();
-    insert_pipelines(&t, &rows).await;
-    let original = configs(&t).await;
+    t.insert_pipelines(&rows).await;
+    let original = t.pipeline_configs().await;
     assert_eq!(
         original, rows,
         "the database changed the config text on insert"
@@ -99,7 +61,7 @@ async fn vectors_port_and_restore(t: TestDb) {
 
     // The schema migration and the port; not the runner id rename after it.
     Migrator::up(&t.db, Some(2)).await.unwrap();
-    let after = configs(&t).await;
+    let after = t.pipeline_configs().await;
     let mut changed = 0;
     for ((uuid, text), ((_, before), expected)) in after.iter().zip(rows.iter().zip(&migrated)) {
         let value: Value = serde_json::from_str(text).unwrap();
@@ -119,11 +81,11 @@ async fn vectors_port_and_restore(t: TestDb) {
     // A second pass changes nothing and reports the same bad shapes.
     let again = port_all(&t.db, 50).await.unwrap();
     assert_eq!((again.changed, again.reported), (0, unportable as u64));
-    assert_eq!(configs(&t).await, after);
+    assert_eq!(t.pipeline_configs().await, after);
 
     Migrator::down(&t.db, Some(1)).await.unwrap();
     assert_eq!(
-        configs(&t).await,
+        t.pipeline_configs().await,
         rows,
         "down must restore every config byte for byte"
     );
@@ -175,7 +137,7 @@ fn parsed(rows: Vec<(String, String)>) -> Vec<(String, Value)> {
 async fn killed_and_rerun(t: TestDb) {
     t.create_langbot_schema().await;
     let rows = many_rows(20_000);
-    insert_pipelines(&t, &rows).await;
+    t.insert_pipelines(&rows).await;
     // The schema first; the killed runs apply the port alone (`up -n 1`).
     Migrator::up(&t.db, Some(1)).await.unwrap();
     let dir = std::env::temp_dir();
@@ -216,7 +178,10 @@ async fn killed_and_rerun(t: TestDb) {
     assert!(out.status.success(), "final run failed");
     eprintln!("kills (delay ms, had finished, originals kept): {progress:?}");
 
-    assert_eq!(parsed(configs(&t).await), expected_after_port(&rows));
+    assert_eq!(
+        parsed(t.pipeline_configs().await),
+        expected_after_port(&rows)
+    );
     let changed = expected_after_port(&rows)
         .iter()
         .zip(&rows)
@@ -232,7 +197,11 @@ async fn killed_and_rerun(t: TestDb) {
 
     let out = spawn(&["down", "-n", "1"]).wait_with_output().unwrap();
     assert!(out.status.success(), "down failed");
-    assert_eq!(configs(&t).await, rows, "down must restore every original");
+    assert_eq!(
+        t.pipeline_configs().await,
+        rows,
+        "down must restore every original"
+    );
 }
 
 on_every_backend!(

@@ -5,7 +5,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use agent_runner_state_tests::{Backend, TestDb, migration_bin, on_every_backend, read_vectors};
+use agent_runner_state_tests::{TestDb, migration_bin, on_every_backend, read_vectors};
 use migration::m20261125_000003_rename_runner_ids::{
     CONFLICTS_TABLE, RENAME_LOG_TABLE, rename_state_rows,
 };
@@ -25,19 +25,6 @@ fn sql_text(v: &Value) -> String {
         Value::String(s) => format!("'{}'", s.replace('\'', "''")),
         other => other.to_string(),
     }
-}
-
-async fn insert_pipeline(t: &TestDb, uuid: &str, config: &Value) {
-    let text = config.to_string().replace('\'', "''");
-    let config = match t.backend {
-        Backend::Postgres => format!("'{text}'::json"),
-        _ => format!("'{text}'"),
-    };
-    t.exec(&format!(
-        "INSERT INTO legacy_pipelines (uuid, name, description, for_version, is_default, stages, \
-         config, extensions_preferences) VALUES ('{uuid}', 'n', 'd', 'v4', false, '[]', {config}, '{{}}')"
-    ))
-    .await;
 }
 
 /// Inserts a vector state row as LangBot would have stored it.
@@ -69,23 +56,11 @@ async fn insert_row(t: &TestDb, row: &Value) {
 }
 
 async fn configs(t: &TestDb) -> Vec<(String, Value)> {
-    let cast = match t.backend {
-        Backend::Postgres => "CAST(config AS text)",
-        Backend::MySql => "CAST(config AS CHAR)",
-        Backend::Sqlite => "config",
-    };
-    t.rows_as_text(&format!(
-        "SELECT uuid, {cast} FROM legacy_pipelines ORDER BY uuid"
-    ))
-    .await
-    .into_iter()
-    .map(|r| {
-        (
-            r[0].clone().unwrap(),
-            serde_json::from_str(r[1].as_deref().unwrap()).unwrap(),
-        )
-    })
-    .collect()
+    t.pipeline_configs()
+        .await
+        .into_iter()
+        .map(|(uuid, text)| (uuid, serde_json::from_str(&text).unwrap()))
+        .collect()
 }
 
 /// Every vector through the database: documents as pipeline configs, rows
@@ -101,9 +76,12 @@ async fn vectors_rename_and_restore(t: TestDb) {
         !docs.is_empty() && !rows.is_empty(),
         "runner_id_rename.json holds no case"
     );
-    for (i, doc) in docs.iter().enumerate() {
-        insert_pipeline(&t, &format!("p-{i:04}"), &doc["input"]).await;
-    }
+    let pipelines: Vec<(String, String)> = docs
+        .iter()
+        .enumerate()
+        .map(|(i, doc)| (format!("p-{i:04}"), doc["input"].to_string()))
+        .collect();
+    t.insert_pipelines(&pipelines).await;
     for case in rows {
         insert_row(&t, &case["row"]).await;
     }
@@ -275,14 +253,13 @@ async fn killed_and_rerun(t: TestDb) {
             values.clear();
         }
     }
-    for i in 0..2000 {
-        insert_pipeline(
-            &t,
-            &format!("q-{i:05}"),
-            &json!({"ai": {"runner": {"id": olds[i % olds.len()]}}}),
-        )
-        .await;
-    }
+    let pipelines: Vec<(String, String)> = (0..2000)
+        .map(|i| {
+            let config = json!({"ai": {"runner": {"id": olds[i % olds.len()]}}});
+            (format!("q-{i:05}"), config.to_string())
+        })
+        .collect();
+    t.insert_pipelines(&pipelines).await;
     let before = t.rows_as_text(STATE_ROWS).await;
     let pipelines_before = t
         .rows_as_text("SELECT uuid, config FROM legacy_pipelines ORDER BY uuid")

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agent_runner_state_tests::{Backend, langbot_ddl};
+use agent_runner_state_tests::{Backend, TestDb, langbot_ddl};
 use clap::Parser;
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 use serde_json::json;
@@ -171,48 +171,22 @@ fn release_migration_binary() -> PathBuf {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let backend = match args.backend.as_str() {
-        "sqlite" => Backend::Sqlite,
-        "postgres" => Backend::Postgres,
-        "mysql" => Backend::MySql,
-        other => panic!("unknown backend {other}"),
-    };
+    let backend = Backend::parse(&args.backend).unwrap_or_else(|| {
+        panic!(
+            "unknown backend {}: sqlite, postgres or mysql",
+            args.backend
+        )
+    });
     let bin = release_migration_binary();
-    let name = format!("bench_port_{}", std::process::id());
-    let (url, admin) = match backend {
-        Backend::Sqlite => {
-            let path = std::env::temp_dir().join(format!("{name}.db"));
-            (format!("sqlite://{}?mode=rwc", path.display()), None)
-        }
-        _ => {
-            let var = if backend == Backend::Postgres {
-                "TEST_POSTGRES_URL"
-            } else {
-                "TEST_MYSQL_URL"
-            };
-            let base = args
-                .url
-                .clone()
-                .or_else(|| std::env::var(var).ok())
-                .unwrap_or_else(|| panic!("--url or {var} is required"));
-            let admin_db = if backend == Backend::Postgres {
-                "postgres"
-            } else {
-                "mysql"
-            };
-            let admin = service::connection::connect(&format!("{base}/{admin_db}"))
-                .await
-                .expect("connect admin");
-            exec(&admin, &format!("CREATE DATABASE {name}")).await;
-            (format!("{base}/{name}"), Some(admin))
-        }
-    };
-    let db = service::connection::connect(&url).await.expect("connect");
-    seed(&db, backend, args.rows).await;
+    // A database of its own, dropped at the end (the test harness's).
+    let t = TestDb::create(backend, "bench_port", args.url.as_deref()).await;
+    let (db, url) = (&t.db, t.url.clone());
+    seed(db, backend, args.rows).await;
     let batch = args.batch_size.to_string();
 
     // The schema migration and the port (not the rename after it).
-    let (first_s, first_rss) = run_migration(&bin, &url, &["--batch-size", &batch, "up", "-n", "2"]);
+    let (first_s, first_rss) =
+        run_migration(&bin, &url, &["--batch-size", &batch, "up", "-n", "2"]);
     // A rerun of the port over the ported table: forget that it ran.
     db.execute_raw(Statement::from_string(
         db.get_database_backend(),
@@ -222,7 +196,6 @@ async fn main() {
     .expect("forget the port");
     let (rerun_s, rerun_rss) =
         run_migration(&bin, &url, &["--batch-size", &batch, "up", "-n", "1"]);
-    db.close().await.ok();
 
     println!(
         "{}",
@@ -236,16 +209,4 @@ async fn main() {
             "peak_rss_mib": ((first_rss.max(rerun_rss)) * 10.0).round() / 10.0,
         })
     );
-    match (backend, admin) {
-        (Backend::Postgres, Some(admin)) => {
-            exec(&admin, &format!("DROP DATABASE {name} WITH (FORCE)")).await
-        }
-        (_, Some(admin)) => exec(&admin, &format!("DROP DATABASE {name}")).await,
-        (_, None) => {
-            for suffix in ["", "-wal", "-shm", ".migration-lock"] {
-                let _ =
-                    std::fs::remove_file(std::env::temp_dir().join(format!("{name}.db{suffix}")));
-            }
-        }
-    }
 }

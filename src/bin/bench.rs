@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use agent_runner_state_tests::Backend;
+use agent_runner_state_tests::{Backend, TestDb};
 use clap::Parser;
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectionTrait, DatabaseConnection};
@@ -454,45 +454,15 @@ impl Bench {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let backend = match args.backend.as_str() {
-        "sqlite" => Backend::Sqlite,
-        "postgres" => Backend::Postgres,
-        "mysql" => Backend::MySql,
-        other => panic!("unknown backend {other}: sqlite, postgres or mysql"),
-    };
-    let name = format!("bench_store_{}", std::process::id());
-    let (url, admin) = match backend {
-        Backend::Sqlite => {
-            let path = std::env::temp_dir().join(format!("{name}.db"));
-            (format!("sqlite://{}?mode=rwc", path.display()), None)
-        }
-        _ => {
-            let var = if backend == Backend::Postgres {
-                "TEST_POSTGRES_URL"
-            } else {
-                "TEST_MYSQL_URL"
-            };
-            let base = args
-                .url
-                .clone()
-                .or_else(|| std::env::var(var).ok())
-                .unwrap_or_else(|| panic!("--url or {var} is required"));
-            let admin_db = if backend == Backend::Postgres {
-                "postgres"
-            } else {
-                "mysql"
-            };
-            let admin = service::connection::connect(&format!("{base}/{admin_db}"))
-                .await
-                .unwrap();
-            admin
-                .execute_unprepared(&format!("CREATE DATABASE {name}"))
-                .await
-                .unwrap();
-            (format!("{base}/{name}"), Some(admin))
-        }
-    };
-    let db = Arc::new(service::connection::connect(&url).await.unwrap());
+    let backend = Backend::parse(&args.backend).unwrap_or_else(|| {
+        panic!(
+            "unknown backend {}: sqlite, postgres or mysql",
+            args.backend
+        )
+    });
+    // A database of its own, dropped at the end (the test harness's).
+    let t = TestDb::create(backend, "bench_store", args.url.as_deref()).await;
+    let db = Arc::new(t.db.clone());
     Migrator::up(&*db, None).await.unwrap();
 
     let mut store: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
@@ -570,27 +540,4 @@ async fn main() {
             "e_final_rows": e_final_rows,
         })
     );
-    if let Ok(db) = Arc::try_unwrap(db) {
-        db.close().await.ok();
-    }
-    match (backend, admin) {
-        (Backend::Postgres, Some(admin)) => {
-            admin
-                .execute_unprepared(&format!("DROP DATABASE {name} WITH (FORCE)"))
-                .await
-                .unwrap();
-        }
-        (_, Some(admin)) => {
-            admin
-                .execute_unprepared(&format!("DROP DATABASE {name}"))
-                .await
-                .unwrap();
-        }
-        (_, None) => {
-            for suffix in ["", "-wal", "-shm"] {
-                let _ =
-                    std::fs::remove_file(std::env::temp_dir().join(format!("{name}.db{suffix}")));
-            }
-        }
-    }
 }
