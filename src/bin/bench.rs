@@ -121,7 +121,7 @@ mod floor {
             )
             .into(),
             get: format!(
-                "SELECT value_json FROM agent_runner_state WHERE scope_key = {} AND state_key = {}",
+                "SELECT value_json FROM agent_runner_state WHERE scope_key = {} AND state_key = {} LIMIT 1",
                 p(1),
                 p(2)
             )
