@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-eval "$(scripts/test-dbs.sh | sed 's/^/export /')"
+# Captured first: a failure inside `eval "$(...)"` would not stop the script.
+urls=$(scripts/test-dbs.sh)
+eval "$(printf '%s\n' "$urls" | sed 's/^/export /')"
 cargo build --workspace --bins --quiet
 export TEST_BINARIES_BUILT=1
 # Doctests (the crate READMEs) are not run by nextest.

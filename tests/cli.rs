@@ -384,3 +384,33 @@ on_every_backend!(
     check_reports_drift,
     plan_prints_what_up_would_run,
 );
+
+/// Asking never changes a SQLite file: not its journal mode (LangBot's files
+/// use a rollback journal), not a byte of it.
+#[tokio::test]
+async fn read_only_commands_leave_a_sqlite_file_byte_for_byte() {
+    use sea_orm::ConnectionTrait;
+    let dir = temp_dir("read-only");
+    let path = dir.join("langbot.db");
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    // Plain sqlx defaults: a rollback journal, as Python's sqlite3 makes.
+    let db = sea_orm::Database::connect(url.as_str()).await.unwrap();
+    for stmt in langbot_ddl(Backend::Sqlite) {
+        db.execute_unprepared(&stmt).await.unwrap();
+    }
+    db.close().await.unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let url = format!("sqlite://{}", path.display());
+    // LangBot's SQLite table already is the migrated schema: no drift.
+    for (cmd, code) in [("status", 3), ("plan", 3), ("check", 0)] {
+        let out = migration(&dir, &["-u", &url, cmd]);
+        assert_eq!(out.status.code(), Some(code), "{cmd}: {}", stderr(&out));
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), before, "the file changed");
+    for suffix in ["-wal", "-shm"] {
+        let mut p = path.clone().into_os_string();
+        p.push(suffix);
+        assert!(!std::path::Path::new(&p).exists(), "{suffix} created");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -149,6 +149,17 @@ pub const MYSQL_LOCK_NAME: &str = "CONCAT('ars_migrate_', MD5(DATABASE()))";
 
 async fn try_server_lock<C: ConnectionTrait>(db: &C) -> Result<bool, DbErr> {
     let backend = db.get_database_backend();
+    if backend == DbBackend::MySql {
+        // GET_LOCK(NULL) answers NULL, which would read as "held elsewhere".
+        let row = db
+            .query_one_raw(Statement::from_string(backend, "SELECT DATABASE() IS NULL"))
+            .await?;
+        if row.map(|r| r.try_get_by_index::<bool>(0)).transpose()? == Some(true) {
+            return Err(DbErr::Custom(
+                "the database URL names no database (mysql://user@host/DATABASE)".into(),
+            ));
+        }
+    }
     let sql = match backend {
         DbBackend::Postgres => format!("SELECT pg_try_advisory_lock({PG_LOCK_KEY})"),
         _ => format!("SELECT GET_LOCK({MYSQL_LOCK_NAME}, 0) = 1"),

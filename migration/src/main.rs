@@ -15,7 +15,9 @@ use migration::{Migrator, MigratorTrait, catalog};
 use sea_orm_migration::MigrationStatus;
 use sea_orm_migration::sea_orm::Database;
 use sea_orm_migration::sea_orm::{DatabaseConnection, DbErr};
-use service::connection::{DEFAULT_SQLITE_URL, batch_connect_options, probe};
+use service::connection::{
+    DEFAULT_SQLITE_URL, batch_connect_options, probe, read_only_connect_options,
+};
 
 /// Exit code of `status` (and `plan`) when migrations are pending.
 const EXIT_PENDING: u8 = 3;
@@ -29,8 +31,8 @@ const EXIT_DRIFT: u8 = 4;
     version,
     about = "Create, adopt and migrate LangBot's agent_runner_state table",
     after_help = "Without DATABASE_URL or -u, uses the embedded SQLite file ./agent_runner_state.db.\n\
-                  Exit codes: 0 success; 1 error; 3 `status` or `plan` found pending migrations;\n\
-                  4 `check` found schema drift."
+                  Exit codes: 0 success; 1 error; 2 usage error; 3 `status` or `plan` found pending\n\
+                  migrations; 4 `check` found schema drift."
 )]
 struct Cli {
     /// Database URL (postgres://, mysql://, sqlite://).
@@ -174,7 +176,12 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
     };
     wait_for_server(&url, Duration::from_secs(cli.wait_for_db)).await?;
     // One connection: the migration lock belongs to the session holding it.
-    let db = Database::connect(batch_connect_options(&url))
+    let options = if read_only {
+        read_only_connect_options(&url)
+    } else {
+        batch_connect_options(&url)
+    };
+    let db = Database::connect(options)
         .await
         .map_err(|e| format!("cannot connect to {}: {}", redact(&url), db_message(&e)))?;
     let result = match command {

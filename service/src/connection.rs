@@ -34,8 +34,11 @@ pub fn connect_options(url: &str) -> ConnectOptions {
 /// checkpoints, which halve the time of a large data migration.
 pub fn batch_connect_options(url: &str) -> ConnectOptions {
     let mut opts = connect_options(url);
+    // Never recycle the one connection: the migration lock lives in it.
     opts.max_connections(1)
         .min_connections(1)
+        .max_lifetime(None)
+        .idle_timeout(None)
         .map_sqlx_sqlite_opts(|o: SqliteConnectOptions| {
             o.journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
@@ -43,6 +46,18 @@ pub fn batch_connect_options(url: &str) -> ConnectOptions {
                 .foreign_keys(true)
                 .pragma("cache_size", "-16384")
                 .pragma("temp_store", "MEMORY")
+        });
+    opts
+}
+
+/// Options for commands that only read (the migration binary's `status`,
+/// `plan`, `check`): one connection, and SQLite opened read-only without
+/// touching its journal mode, so that asking never changes the file.
+pub fn read_only_connect_options(url: &str) -> ConnectOptions {
+    let mut opts = connect_options(url);
+    opts.max_connections(1)
+        .map_sqlx_sqlite_opts(|o: SqliteConnectOptions| {
+            o.read_only(true).busy_timeout(SQLITE_BUSY_TIMEOUT)
         });
     opts
 }
