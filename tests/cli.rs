@@ -414,3 +414,32 @@ async fn read_only_commands_leave_a_sqlite_file_byte_for_byte() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A deploy that starts before its database: retries with backoff, says so,
+/// then fails clearly when the time is up.
+#[test]
+fn wait_for_db_retries_then_fails_clearly() {
+    let dir = temp_dir("wait");
+    let started = std::time::Instant::now();
+    let out = migration(
+        &dir,
+        &[
+            "-u",
+            "postgres://nobody@127.0.0.1:1/db",
+            "--wait-for-db",
+            "2",
+            "up",
+        ],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(2),
+        "gave up early"
+    );
+    assert!(err.contains("database not reachable yet"), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.starts_with("error: cannot connect to "), "{err}");
+    assert!(last.contains("Connection refused"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
