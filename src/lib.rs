@@ -267,6 +267,26 @@ impl TestDb {
         .collect()
     }
 
+    /// Starts the `migration` binary on this database, quiet, with
+    /// `--batch-size` and then `args` (the kill-and-rerun tests).
+    pub fn spawn_migration(&self, batch_size: u64, args: &[&str]) -> std::process::Child {
+        std::process::Command::new(migration_bin())
+            .args([
+                "-u",
+                self.url.as_str(),
+                "--batch-size",
+                &batch_size.to_string(),
+            ])
+            .args(args)
+            .current_dir(std::env::temp_dir())
+            .env_remove("DATABASE_URL")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the migration binary")
+    }
+
     /// Builds the database a running LangBot has: its own DDL for this
     /// backend, `agent_runner_state` and `legacy_pipelines`.
     pub async fn create_langbot_schema(&self) {

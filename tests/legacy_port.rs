@@ -2,10 +2,9 @@
 //! made from LangBot's own DDL, on every backend: vectors, reversibility,
 //! bad shapes, idempotence, and a migration process killed mid-run.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use agent_runner_state_tests::{Backend, TestDb, migration_bin, on_every_backend, read_vectors};
+use agent_runner_state_tests::{Backend, TestDb, on_every_backend, read_vectors};
 use migration::m20261125_000002_port_legacy_runner_blocks::{BACKUP_TABLE, port_all};
 use migration::{Migrator, MigratorTrait, catalog};
 use serde_json::Value;
@@ -140,18 +139,7 @@ async fn killed_and_rerun(t: TestDb) {
     t.insert_pipelines(&rows).await;
     // The schema first; the killed runs apply the port alone (`up -n 1`).
     Migrator::up(&t.db, Some(1)).await.unwrap();
-    let dir = std::env::temp_dir();
-    let spawn = |args: &[&str]| {
-        Command::new(migration_bin())
-            .args([&["-u", t.url.as_str(), "--batch-size", "200"], args].concat())
-            .current_dir(&dir)
-            .env_remove("DATABASE_URL")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = |args: &[&str]| t.spawn_migration(200, args);
     let mut progress = Vec::new();
     let mut seed = std::process::id() as u64;
     for round in 0..4 {

@@ -2,10 +2,9 @@
 //! backend: vectors, conflicts, the store finding renamed rows, `down`
 //! returning both tables to their content, and a killed-and-rerun binary.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use agent_runner_state_tests::{TestDb, migration_bin, on_every_backend, read_vectors};
+use agent_runner_state_tests::{TestDb, on_every_backend, read_vectors};
 use migration::m20261125_000003_rename_runner_ids::{
     CONFLICTS_TABLE, RENAME_LOG_TABLE, rename_state_rows,
 };
@@ -264,18 +263,7 @@ async fn killed_and_rerun(t: TestDb) {
     let pipelines_before = t
         .rows_as_text("SELECT uuid, config FROM legacy_pipelines ORDER BY uuid")
         .await;
-    let dir = std::env::temp_dir();
-    let spawn = |args: &[&str]| {
-        Command::new(migration_bin())
-            .args([&["-u", t.url.as_str(), "--batch-size", "100"], args].concat())
-            .current_dir(&dir)
-            .env_remove("DATABASE_URL")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = |args: &[&str]| t.spawn_migration(100, args);
     let mut progress = Vec::new();
     for delay in [200u64, 450, 800, 1200] {
         let mut child = spawn(&["up"]);
