@@ -5,7 +5,9 @@
 //! Base URLs come from `TEST_POSTGRES_URL` and `TEST_MYSQL_URL`
 //! (`scripts/test-dbs.sh` prints them). A backend whose URL is missing or
 //! unreachable fails its tests: nothing is skipped silently. `TEST_BACKENDS`
-//! (e.g. `sqlite`) narrows the backends for a quick local run; under
+//! (e.g. `sqlite`) narrows the backends for a quick local run: scripts/test.sh
+//! filters the other backends' tests out, so nextest reports them as
+//! skipped; a test of a left-out backend that runs anyway fails. Under
 //! `CI=true` it must name all three.
 
 use std::path::{Path, PathBuf};
@@ -287,6 +289,16 @@ impl TestDb {
             .expect("start the migration binary")
     }
 
+    /// The applied migrations, in the order they were defined (their names
+    /// sort that way).
+    pub async fn migration_status(&self) -> Vec<String> {
+        self.rows_as_text("SELECT version FROM seaql_migrations ORDER BY version")
+            .await
+            .into_iter()
+            .map(|r| r[0].clone().unwrap_or_default())
+            .collect()
+    }
+
     /// Builds the database a running LangBot has: its own DDL for this
     /// backend, `agent_runner_state` and `legacy_pipelines`.
     pub async fn create_langbot_schema(&self) {
@@ -366,7 +378,15 @@ where
 {
     match TestDb::new(backend, hint).await {
         Some(db) => scenario(db).await,
-        None => eprintln!("{hint}: {} left out by TEST_BACKENDS", backend.name()),
+        // Never a pass for a test that did not run: scripts/test.sh turns
+        // TEST_BACKENDS into a nextest filter, so left-out backends show as
+        // skipped; a run that reaches this point did not filter them.
+        None => panic!(
+            "{hint}::{}: left out by TEST_BACKENDS but not filtered out; run \
+             scripts/test.sh, which skips it, or filter with `-E 'not test(/::{}$/)'`",
+            backend.name(),
+            backend.name()
+        ),
     }
 }
 
@@ -509,5 +529,106 @@ pub fn backend_of(db: &DatabaseConnection) -> Backend {
         DbBackend::Postgres => Backend::Postgres,
         DbBackend::MySql => Backend::MySql,
         _ => Backend::Sqlite,
+    }
+}
+
+/// Rows in `table`, or 0 while it does not exist yet: the progress a data
+/// migration has committed, for the kill-and-rerun tests.
+pub async fn committed_rows(db: &DatabaseConnection, table: &str) -> u64 {
+    let exists = migration::catalog::table_exists(db, table)
+        .await
+        .unwrap_or_else(|e| panic!("look up {table}: {e}"));
+    if !exists {
+        return 0;
+    }
+    let sql = format!("SELECT COUNT(*) AS n FROM {table}");
+    let row = db
+        .query_one_raw(Statement::from_string(db.get_database_backend(), sql))
+        .await
+        .unwrap_or_else(|e| panic!("count {table}: {e}"))
+        .expect("COUNT(*) returns a row");
+    row.try_get::<i64>("", "n").expect("a count") as u64
+}
+
+/// Where a kill-and-rerun test kills: `n` progress thresholds, one in each of
+/// `n` equal bands between 5 % and 85 % of `total`, drawn from `seed`. The
+/// bands keep the points spread over the run; the draw moves them every run.
+/// The last band ends well before the end, so a kill taken at its point
+/// still finds work left.
+pub fn kill_points(seed: u64, n: u64, total: u64) -> Vec<u64> {
+    let (low, high) = (total * 5 / 100, total * 85 / 100);
+    let band = (high - low) / n;
+    let mut state = seed;
+    (0..n)
+        .map(|i| {
+            // SplitMix64: a good spread from any seed, no dependency.
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            (low + i * band + 1 + z % band.max(1)).max(1)
+        })
+        .collect()
+}
+
+/// The seed of this run's kill points: `KILL_SEED` when set (to replay a
+/// run), else fresh from the clock. The caller prints it.
+pub fn kill_seed() -> u64 {
+    if let Some(seed) = std::env::var("KILL_SEED").ok().and_then(|s| s.parse().ok()) {
+        return seed;
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    now ^ (u64::from(std::process::id()) << 32)
+}
+
+/// One SIGKILL of a kill-and-rerun test: the threshold it waited for and the
+/// progress committed when the process died.
+#[derive(Clone, Copy, Debug)]
+pub struct Kill {
+    /// Committed rows the test waited to see before killing.
+    pub at: u64,
+    /// Committed rows once the process was dead.
+    pub done: u64,
+}
+
+/// Waits until `progress` reports at least `threshold` committed rows, then
+/// SIGKILLs `child`. It watches the database, not the clock: however fast or
+/// slow the machine, the kill lands after that much work and before the end.
+///
+/// # Panics
+/// When the process exits before the threshold is seen: the point was not
+/// reached mid-run, and the test would prove less than it claims.
+pub async fn kill_when<F, Fut>(mut child: std::process::Child, threshold: u64, progress: F) -> Kill
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = u64>,
+{
+    loop {
+        if let Some(status) = child.try_wait().expect("poll the child") {
+            panic!(
+                "the migration exited ({status}) before {threshold} rows were committed \
+                 (saw {}): the kill would not land mid-run",
+                progress().await
+            );
+        }
+        if progress().await >= threshold {
+            break;
+        }
+        // A poll interval, not a stand-in for progress: the loop ends on
+        // what the database shows.
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    child.kill().expect("SIGKILL the migration");
+    let status = child.wait().expect("reap the migration");
+    assert!(
+        !status.success(),
+        "the migration finished before the kill landed ({status})"
+    );
+    Kill {
+        at: threshold,
+        done: progress().await,
     }
 }

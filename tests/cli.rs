@@ -153,6 +153,38 @@ async fn status_gates_deploys_and_never_writes(t: TestDb) {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `up --to` applies up to a named migration and never past it; `down --to`
+/// undoes back to it; an unknown name is one error line listing the names.
+async fn up_and_down_to_a_named_migration(t: TestDb) {
+    let run = |args: &[&str]| {
+        let mut all = vec!["-u", t.url.as_str()];
+        all.extend_from_slice(args);
+        migration(&std::env::temp_dir(), &all)
+    };
+    const CREATE: &str = "m20261125_000001_create_agent_runner_state";
+    const PORT: &str = "m20261125_000002_port_legacy_runner_blocks";
+    let out = run(&["up", "--to", PORT]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(t.migration_status().await, [CREATE, PORT]);
+    // Already applied: nothing more.
+    let out = run(&["up", "--to", CREATE]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(t.migration_status().await, [CREATE, PORT]);
+    let out = run(&["down", "--to", PORT]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(t.migration_status().await, [CREATE]);
+    let out = run(&["up", "--to", "m99_nope"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("no migration named \"m99_nope\"") && err.contains(PORT),
+        "{err}"
+    );
+    assert_eq!(t.migration_status().await, [CREATE]);
+    let out = run(&["up", "-n", "1", "--to", PORT]);
+    assert_eq!(out.status.code(), Some(2), "-n with --to is a usage error");
+}
+
 async fn destructive_commands_spare_langbot_tables(t: TestDb) {
     t.create_langbot_schema().await;
     t.exec("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)")
@@ -182,6 +214,7 @@ async fn destructive_commands_spare_langbot_tables(t: TestDb) {
 }
 
 on_every_backend!(
+    up_and_down_to_a_named_migration,
     status_gates_deploys_and_never_writes,
     destructive_commands_spare_langbot_tables,
 );

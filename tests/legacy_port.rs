@@ -2,9 +2,10 @@
 //! made from LangBot's own DDL, on every backend: vectors, reversibility,
 //! bad shapes, idempotence, and a migration process killed mid-run.
 
-use std::time::Duration;
-
-use agent_runner_state_tests::{Backend, TestDb, on_every_backend, read_vectors};
+use agent_runner_state_tests::{
+    Backend, TestDb, committed_rows, kill_points, kill_seed, kill_when, on_every_backend,
+    read_vectors,
+};
 use migration::m20261125_000002_port_legacy_runner_blocks::{BACKUP_TABLE, port_all};
 use migration::{Migrator, MigratorTrait, catalog};
 use serde_json::Value;
@@ -131,59 +132,57 @@ fn parsed(rows: Vec<(String, String)>) -> Vec<(String, Value)> {
         .collect()
 }
 
-/// SIGKILL the migration binary at several points, then let it finish: the
-/// table equals an uninterrupted run's, and `down` restores every original.
+/// The port's name: the kill tests apply it, and only it, by name.
+const PORT: &str = "m20261125_000002_port_legacy_runner_blocks";
+
+/// SIGKILL the migration binary at four points of observed progress (kept
+/// originals), drawn afresh each run, then let it finish: the table equals an
+/// uninterrupted run's, and `down` restores every original.
 async fn killed_and_rerun(t: TestDb) {
     t.create_langbot_schema().await;
     let rows = many_rows(20_000);
     t.insert_pipelines(&rows).await;
-    // The schema first; the killed runs apply the port alone (`up -n 1`).
-    Migrator::up(&t.db, Some(1)).await.unwrap();
-    let spawn = |args: &[&str]| t.spawn_migration(200, args);
-    let mut progress = Vec::new();
-    let mut seed = std::process::id() as u64;
-    for round in 0..4 {
-        // A pseudo-random delay, growing each round so kills land further in.
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let delay = 150 + round * 250 + (seed >> 33) % 150;
-        let mut child = spawn(&["up", "-n", "1"]);
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-        let finished = child.try_wait().unwrap().is_some();
-        child.kill().ok();
-        child.wait().unwrap();
-        let kept = if catalog::table_exists(&t.db, BACKUP_TABLE).await.unwrap() {
-            t.rows_as_text(&format!("SELECT uuid FROM {BACKUP_TABLE}"))
-                .await
-                .len()
-        } else {
-            0
-        };
-        progress.push((delay, finished, kept));
-    }
-    let out = spawn(&["up", "-n", "1"]).wait_with_output().unwrap();
-    assert!(out.status.success(), "final run failed");
-    eprintln!("kills (delay ms, had finished, originals kept): {progress:?}");
-
-    assert_eq!(
-        parsed(t.pipeline_configs().await),
-        expected_after_port(&rows)
-    );
-    let changed = expected_after_port(&rows)
+    let expected = expected_after_port(&rows);
+    let changed = expected
         .iter()
         .zip(&rows)
         .filter(|((_, after), (_, text))| {
             serde_json::from_str::<Value>(text).ok().as_ref() != Some(after)
         })
-        .count();
-    let kept = t
-        .rows_as_text(&format!("SELECT uuid FROM {BACKUP_TABLE}"))
-        .await
-        .len();
-    assert_eq!(kept, changed);
+        .count() as u64;
+    // The schema first; the killed runs apply the port alone, by name.
+    Migrator::up(&t.db, Some(1)).await.unwrap();
+    let spawn = |args: &[&str]| t.spawn_migration(200, args);
+    let seed = kill_seed();
+    eprintln!("kill seed {seed} (KILL_SEED={seed} replays it)");
+    let mut kills = Vec::new();
+    for at in kill_points(seed, 4, changed) {
+        let child = spawn(&["up", "--to", PORT]);
+        let kill = kill_when(child, at, || committed_rows(&t.db, BACKUP_TABLE)).await;
+        kills.push(kill);
+    }
+    eprintln!("kills of {changed} rows (threshold, committed at death): {kills:?}");
+    let mut last = 0;
+    for kill in &kills {
+        assert!(
+            kill.done >= kill.at && kill.done > last && kill.done < changed,
+            "a kill did not land mid-run, past the one before: {kills:?}"
+        );
+        last = kill.done;
+    }
+    let out = spawn(&["up", "--to", PORT]).wait_with_output().unwrap();
+    assert!(out.status.success(), "final run failed");
+    let status = t.migration_status().await;
+    assert_eq!(
+        status.last().map(String::as_str),
+        Some(PORT),
+        "only the port may have been applied: {status:?}"
+    );
 
-    let out = spawn(&["down", "-n", "1"]).wait_with_output().unwrap();
+    assert_eq!(parsed(t.pipeline_configs().await), expected);
+    assert_eq!(committed_rows(&t.db, BACKUP_TABLE).await, changed);
+
+    let out = spawn(&["down", "--to", PORT]).wait_with_output().unwrap();
     assert!(out.status.success(), "down failed");
     assert_eq!(
         t.pipeline_configs().await,

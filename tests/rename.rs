@@ -2,11 +2,11 @@
 //! backend: vectors, conflicts, the store finding renamed rows, `down`
 //! returning both tables to their content, and a killed-and-rerun binary.
 
-use std::time::Duration;
-
-use agent_runner_state_tests::{TestDb, on_every_backend, read_vectors};
+use agent_runner_state_tests::{
+    TestDb, committed_rows, kill_points, kill_seed, kill_when, on_every_backend, read_vectors,
+};
 use migration::m20261125_000003_rename_runner_ids::{
-    CONFLICTS_TABLE, RENAME_LOG_TABLE, rename_state_rows,
+    CONFIG_BACKUP_TABLE, CONFLICTS_TABLE, RENAME_LOG_TABLE, rename_state_rows,
 };
 use migration::pipeline_rewrite::rewrite_all;
 use migration::{Migrator, MigratorTrait, catalog};
@@ -223,6 +223,9 @@ async fn store_finds_renamed_rows_and_conflicts_are_kept(t: TestDb) {
     assert_eq!(t.rows_as_text(STATE_ROWS).await, before);
 }
 
+/// The rename's name: the kill tests apply it by name.
+const RENAME: &str = "m20261125_000003_rename_runner_ids";
+
 /// SIGKILL the binary during the rename at several points, then let it
 /// finish: the tables equal an uninterrupted run's, and `down` restores.
 async fn killed_and_rerun(t: TestDb) {
@@ -264,27 +267,33 @@ async fn killed_and_rerun(t: TestDb) {
         .rows_as_text("SELECT uuid, config FROM legacy_pipelines ORDER BY uuid")
         .await;
     let spawn = |args: &[&str]| t.spawn_migration(100, args);
-    let mut progress = Vec::new();
-    for delay in [200u64, 450, 800, 1200] {
-        let mut child = spawn(&["up"]);
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-        let finished = child.try_wait().unwrap().is_some();
-        child.kill().ok();
-        child.wait().unwrap();
-        let logged = if catalog::table_exists(&t.db, RENAME_LOG_TABLE)
-            .await
-            .unwrap()
-        {
-            t.rows_as_text(&format!("SELECT id FROM {RENAME_LOG_TABLE}"))
-                .await
-                .len()
-        } else {
-            0
-        };
-        progress.push((delay, finished, logged));
+    // Progress is what the rename has committed: kept configs, then logged
+    // state rows (every row here is renamed; none conflicts).
+    let total = (pipelines.len() + 6000) as u64;
+    let progress = || async {
+        committed_rows(&t.db, CONFIG_BACKUP_TABLE).await
+            + committed_rows(&t.db, RENAME_LOG_TABLE).await
+    };
+    let seed = kill_seed();
+    eprintln!("kill seed {seed} (KILL_SEED={seed} replays it)");
+    let mut kills = Vec::new();
+    for at in kill_points(seed, 4, total) {
+        kills.push(kill_when(spawn(&["up", "--to", RENAME]), at, progress).await);
     }
-    assert!(spawn(&["up"]).wait().unwrap().success(), "final run failed");
-    eprintln!("kills (delay ms, had finished, rows renamed): {progress:?}");
+    eprintln!("kills of {total} rows (threshold, committed at death): {kills:?}");
+    let mut last = 0;
+    for kill in &kills {
+        assert!(
+            kill.done >= kill.at && kill.done > last && kill.done < total,
+            "a kill did not land mid-run, past the one before: {kills:?}"
+        );
+        last = kill.done;
+    }
+    assert!(
+        spawn(&["up", "--to", RENAME]).wait().unwrap().success(),
+        "final run failed"
+    );
+    assert_eq!(progress().await, total);
 
     let after = t.rows_as_text(STATE_ROWS).await;
     assert_eq!(after.len(), before.len());
@@ -321,7 +330,7 @@ async fn killed_and_rerun(t: TestDb) {
     assert_eq!(again.changed, 0);
 
     assert!(
-        spawn(&["down", "-n", "1"]).wait().unwrap().success(),
+        spawn(&["down", "--to", RENAME]).wait().unwrap().success(),
         "down failed"
     );
     assert_eq!(t.rows_as_text(STATE_ROWS).await, before);

@@ -527,7 +527,13 @@ async fn delete_list_limits_and_alias(t: TestDb) {
     assert_eq!(results["Some(0)"], (100, true));
     assert_eq!(results["Some(-5)"], (100, true));
     assert_eq!(results["Some(10)"], (10, true));
+    assert_eq!(results["Some(100)"], (100, true));
     assert_eq!(results["Some(500)"], (100, true));
+    assert_eq!(
+        results.len(),
+        6,
+        "a limit case was not checked: {results:?}"
+    );
     let page = store
         .list(&c, Scope::Runner, Some("k1"), None)
         .await

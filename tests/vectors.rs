@@ -60,28 +60,63 @@ fn scope_keys() {
 }
 
 /// The copy in `tests/data/vectors` (used where `../shared` is absent) must
-/// not drift from LangBot's originals.
+/// not drift from LangBot's originals: it is checked byte for byte against
+/// `../shared/vectors` when that exists, and always against the SHA-256 sums
+/// in `tests/data/vectors.sha256` (made from LangBot's originals), so a
+/// clone without `../shared` still checks what it tests with.
 #[test]
 fn bundled_copy_matches_shared_vectors() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bundled = root.join("tests/data/vectors");
+    let sums = std::fs::read_to_string(root.join("tests/data/vectors.sha256"))
+        .expect("tests/data/vectors.sha256");
+    let expected: BTreeMap<String, String> = sums
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let (sum, path) = l.split_once("  ").expect("`<sha256>  <path>` lines");
+            (path.to_owned(), sum.to_owned())
+        })
+        .collect();
+    let present: BTreeMap<String, String> = walk(&bundled)
+        .into_iter()
+        .map(|p| {
+            let rel = p.strip_prefix(&bundled).unwrap().display().to_string();
+            (rel, sha256_hex(&std::fs::read(&p).unwrap()))
+        })
+        .collect();
+    assert!(
+        expected.len() >= 5,
+        "vectors.sha256 lists {} files",
+        expected.len()
+    );
+    assert_eq!(
+        present, expected,
+        "tests/data/vectors differs from the sums of LangBot's originals"
+    );
+
     let shared = root.join("../shared/vectors");
-    if !shared.is_dir() {
-        eprintln!("../shared/vectors absent: the bundled copy is the reference");
-        return;
-    }
-    let mut compared = 0;
-    for entry in walk(&shared) {
-        let rel = entry.strip_prefix(&shared).unwrap();
-        let bundled = root.join("tests/data/vectors").join(rel);
+    if shared.is_dir() {
+        let originals: BTreeMap<String, String> = walk(&shared)
+            .into_iter()
+            .map(|p| {
+                let rel = p.strip_prefix(&shared).unwrap().display().to_string();
+                (rel, sha256_hex(&std::fs::read(&p).unwrap()))
+            })
+            .collect();
         assert_eq!(
-            std::fs::read(&entry).unwrap(),
-            std::fs::read(&bundled).unwrap_or_default(),
-            "tests/data/vectors/{} differs from ../shared/vectors",
-            rel.display()
+            originals, expected,
+            "../shared/vectors changed: refresh tests/data/vectors and vectors.sha256"
         );
-        compared += 1;
     }
-    assert!(compared > 0);
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

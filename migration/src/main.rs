@@ -76,14 +76,22 @@ enum Command {
     /// Apply pending migrations (the default).
     Up {
         /// Apply at most this many.
-        #[arg(short = 'n', long)]
+        #[arg(short = 'n', long, conflicts_with = "to")]
         num: Option<u32>,
+        /// Apply the pending migrations up to and including this one (by
+        /// name), never one after it.
+        #[arg(long, value_name = "MIGRATION")]
+        to: Option<String>,
     },
     /// Roll back applied migrations.
     Down {
         /// Roll back this many.
-        #[arg(short = 'n', long, default_value_t = 1)]
+        #[arg(short = 'n', long, default_value_t = 1, conflicts_with = "to")]
         num: u32,
+        /// Roll back every applied migration after this one, and this one
+        /// (by name).
+        #[arg(long, value_name = "MIGRATION")]
+        to: Option<String>,
     },
     /// List applied and pending migrations without writing anything; exits 3
     /// when any is pending.
@@ -161,7 +169,10 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         }
     };
     migration::settings::set_batch_size(cli.batch_size);
-    let command = cli.command.unwrap_or(Command::Up { num: None });
+    let command = cli.command.unwrap_or(Command::Up {
+        num: None,
+        to: None,
+    });
     let read_only = matches!(command, Command::Status | Command::Plan | Command::Check);
     let url = match sqlite_file(&url) {
         // Asking must not create the database: a missing file is an empty one.
@@ -209,8 +220,22 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
 /// The commands that change the schema; run under the migration lock.
 async fn change(db: &DatabaseConnection, command: Command) -> Result<(), DbErr> {
     match command {
-        Command::Up { num } => Migrator::up(db, num).await,
-        Command::Down { num } => Migrator::down(db, Some(num)).await,
+        Command::Up { num, to: None } => Migrator::up(db, num).await,
+        Command::Up { to: Some(name), .. } => match steps_up_to(db, &name).await? {
+            0 => {
+                tracing::info!("{name} is already applied: nothing to do");
+                Ok(())
+            }
+            steps => Migrator::up(db, Some(steps)).await,
+        },
+        Command::Down { num, to: None } => Migrator::down(db, Some(num)).await,
+        Command::Down { to: Some(name), .. } => match steps_down_to(db, &name).await? {
+            0 => {
+                tracing::info!("{name} is not applied: nothing to roll back");
+                Ok(())
+            }
+            steps => Migrator::down(db, Some(steps)).await,
+        },
         Command::Fresh(guard) => {
             guard_foreign_tables(db, &guard, "fresh").await?;
             Migrator::reset(db).await?;
@@ -225,6 +250,44 @@ async fn change(db: &DatabaseConnection, command: Command) -> Result<(), DbErr> 
             Migrator::reset(db).await
         }
         Command::Status | Command::Plan | Command::Check => Ok(()),
+    }
+}
+
+/// How many pending migrations `up` must apply to reach `name` (0 when it is
+/// already applied).
+async fn steps_up_to(db: &DatabaseConnection, name: &str) -> Result<u32, DbErr> {
+    known_migration(name)?;
+    let pending = Migrator::get_pending_migrations(db).await?;
+    Ok(pending
+        .iter()
+        .position(|m| m.name() == name)
+        .map_or(0, |i| i as u32 + 1))
+}
+
+/// How many applied migrations `down` must roll back to undo `name` (0 when
+/// it is not applied).
+async fn steps_down_to(db: &DatabaseConnection, name: &str) -> Result<u32, DbErr> {
+    known_migration(name)?;
+    let applied = Migrator::get_applied_migrations(db).await?;
+    Ok(applied
+        .iter()
+        .rev()
+        .position(|m| m.name() == name)
+        .map_or(0, |i| i as u32 + 1))
+}
+
+fn known_migration(name: &str) -> Result<(), DbErr> {
+    let names: Vec<String> = Migrator::migrations()
+        .iter()
+        .map(|m| m.name().to_owned())
+        .collect();
+    if names.iter().any(|n| n == name) {
+        Ok(())
+    } else {
+        Err(DbErr::Custom(format!(
+            "no migration named {name:?}; the migrations are: {}",
+            names.join(", ")
+        )))
     }
 }
 

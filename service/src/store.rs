@@ -17,7 +17,7 @@ use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, RuntimeErr,
+    QuerySelect, QueryTrait, RuntimeErr, Statement,
 };
 use serde_json::Value;
 
@@ -124,42 +124,17 @@ where
         validate_key(key)?;
         validate_context(ctx.columns())?;
         let value_json = serialize_value(value)?;
-        let now = now(self.db.get_database_backend());
-        let c = ctx.columns();
-        let row = ActiveModel {
-            id: NotSet,
-            runner_id: Set(c.runner_id.clone()),
-            binding_identity: Set(c.binding_identity.clone()),
-            scope: Set(scope.as_str().to_owned()),
-            scope_key: Set(scope_key.to_owned()),
-            state_key: Set(key.to_owned()),
-            value_json: Set(Some(value_json)),
-            bot_id: Set(c.bot_id.clone()),
-            workspace_id: Set(c.workspace_id.clone()),
-            conversation_id: Set(c.conversation_id.clone()),
-            thread_id: Set(c.thread_id.clone()),
-            actor_type: Set(c.actor_type.clone()),
-            actor_id: Set(c.actor_id.clone()),
-            subject_type: Set(c.subject_type.clone()),
-            subject_id: Set(c.subject_id.clone()),
-            created_at: Set(now),
-            updated_at: Set(now),
-        };
-        let upsert = OnConflict::columns([
-            agent_runner_state::Column::ScopeKey,
-            agent_runner_state::Column::StateKey,
-        ])
-        .update_columns([
-            agent_runner_state::Column::ValueJson,
-            agent_runner_state::Column::UpdatedAt,
-        ])
-        .to_owned();
-        self.retrying("set", || {
-            Entity::insert(row.clone())
-                .on_conflict(upsert.clone())
-                .exec_without_returning(self.db)
-        })
-        .await?;
+        let stmt = upsert_statement(
+            self.db.get_database_backend(),
+            ctx.columns(),
+            scope,
+            scope_key,
+            key,
+            value_json,
+            now(self.db.get_database_backend()),
+        );
+        self.retrying("set", || self.db.execute_raw(stmt.clone()))
+            .await?;
         Ok(())
     }
 
@@ -181,17 +156,12 @@ where
         let key = public_key(key);
         validate_key(key)?;
         validate_text("scope_key", scope_key, 512)?;
-        // `(scope_key, state_key)` is unique: `all` without `one`'s `LIMIT ?`,
-        // a bound limit that costs SQLite a fifth of a get.
-        let stored: Vec<Option<String>> = Entity::find()
-            .select_only()
-            .column(agent_runner_state::Column::ValueJson)
-            .filter(COLUMN.scope_key.eq(scope_key))
-            .filter(COLUMN.state_key.eq(key))
-            .into_tuple()
-            .all(self.db)
-            .await?;
-        match stored.into_iter().next().flatten() {
+        let stmt = get_statement(self.db.get_database_backend(), scope_key, key);
+        let stored: Option<String> = match self.db.query_all_raw(stmt).await?.first() {
+            Some(row) => row.try_get_by_index(0)?,
+            None => None,
+        };
+        match stored {
             None => Ok(None),
             Some(text) => {
                 serde_json::from_str(&text)
@@ -242,25 +212,18 @@ where
             Some(n) if n > 0 => (n as u64).min(MAX_LIST_LIMIT),
             _ => MAX_LIST_LIMIT,
         };
-        let mut query = Entity::find()
-            .select_only()
-            .column(agent_runner_state::Column::StateKey)
-            .filter(COLUMN.scope_key.eq(scope_key));
-        if let Some(prefix) = prefix.map(public_key).filter(|p| !p.is_empty()) {
+        let prefix = prefix.map(public_key).filter(|p| !p.is_empty());
+        if let Some(prefix) = prefix {
             validate_key(prefix)?;
-            // Every string starting with `prefix` lies in [prefix, successor):
-            // exact on every backend, and a range scan of the unique index.
-            query = query.filter(COLUMN.state_key.gte(prefix));
-            if let Some(end) = prefix_successor(prefix) {
-                query = query.filter(COLUMN.state_key.lt(end));
-            }
         }
-        let mut keys: Vec<String> = query
-            .order_by_asc(agent_runner_state::Column::StateKey)
-            .limit(limit + 1)
-            .into_tuple()
-            .all(self.db)
-            .await?;
+        let stmt = list_statement(self.db.get_database_backend(), scope_key, prefix, limit + 1);
+        let mut keys = self
+            .db
+            .query_all_raw(stmt)
+            .await?
+            .iter()
+            .map(|row| row.try_get_by_index::<String>(0))
+            .collect::<Result<Vec<_>, _>>()?;
         let has_more = keys.len() as u64 > limit;
         keys.truncate(limit as usize);
         Ok(KeyPage { keys, has_more })
@@ -289,17 +252,20 @@ where
         if wanted.is_empty() {
             return Ok(snapshot);
         }
-        let rows: Vec<(String, String, Option<String>)> = Entity::find()
-            .select_only()
-            .columns([
-                agent_runner_state::Column::ScopeKey,
-                agent_runner_state::Column::StateKey,
-                agent_runner_state::Column::ValueJson,
-            ])
-            .filter(COLUMN.scope_key.is_in(wanted.keys().copied()))
-            .into_tuple()
-            .all(self.db)
-            .await?;
+        let stmt = snapshot_statement(self.db.get_database_backend(), wanted.keys().copied());
+        let rows = self
+            .db
+            .query_all_raw(stmt)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok::<_, DbErr>((
+                    row.try_get_by_index::<String>(0)?,
+                    row.try_get_by_index::<String>(1)?,
+                    row.try_get_by_index::<Option<String>>(2)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         for (scope_key, state_key, value_json) in rows {
             let Some(scope) = wanted.get(scope_key.as_str()) else {
                 continue;
@@ -403,9 +369,110 @@ fn public_key(key: &str) -> &str {
     }
 }
 
+/// The upsert [`StateStore::set`] runs: the whole row on insert; on
+/// conflict with `(scope_key, state_key)`, only the value and `updated_at`.
+/// Public so that the benchmark's raw-driver floor runs the very same SQL.
+pub fn upsert_statement(
+    backend: DbBackend,
+    c: &IdentityColumns,
+    scope: Scope,
+    scope_key: &str,
+    key: &str,
+    value_json: String,
+    now: NaiveDateTime,
+) -> Statement {
+    let row = ActiveModel {
+        id: NotSet,
+        runner_id: Set(c.runner_id.clone()),
+        binding_identity: Set(c.binding_identity.clone()),
+        scope: Set(scope.as_str().to_owned()),
+        scope_key: Set(scope_key.to_owned()),
+        state_key: Set(key.to_owned()),
+        value_json: Set(Some(value_json)),
+        bot_id: Set(c.bot_id.clone()),
+        workspace_id: Set(c.workspace_id.clone()),
+        conversation_id: Set(c.conversation_id.clone()),
+        thread_id: Set(c.thread_id.clone()),
+        actor_type: Set(c.actor_type.clone()),
+        actor_id: Set(c.actor_id.clone()),
+        subject_type: Set(c.subject_type.clone()),
+        subject_id: Set(c.subject_id.clone()),
+        created_at: Set(now),
+        updated_at: Set(now),
+    };
+    let upsert = OnConflict::columns([
+        agent_runner_state::Column::ScopeKey,
+        agent_runner_state::Column::StateKey,
+    ])
+    .update_columns([
+        agent_runner_state::Column::ValueJson,
+        agent_runner_state::Column::UpdatedAt,
+    ])
+    .to_owned();
+    backend.build(&Entity::insert(row).on_conflict(upsert).into_query())
+}
+
+/// The get by unique key: no `LIMIT` (`(scope_key, state_key)` is unique,
+/// and SeaORM's `one()` binds its limit, which costs SQLite a fifth of a get).
+pub fn get_statement(backend: DbBackend, scope_key: &str, key: &str) -> Statement {
+    backend.build(
+        &Entity::find()
+            .select_only()
+            .column(agent_runner_state::Column::ValueJson)
+            .filter(COLUMN.scope_key.eq(scope_key))
+            .filter(COLUMN.state_key.eq(key))
+            .into_query(),
+    )
+}
+
+/// Up to `limit` keys of a scope in code point order: every string starting
+/// with `prefix` lies in `[prefix, successor)`, exact on every backend and a
+/// range scan of the unique index.
+pub fn list_statement(
+    backend: DbBackend,
+    scope_key: &str,
+    prefix: Option<&str>,
+    limit: u64,
+) -> Statement {
+    let mut query = Entity::find()
+        .select_only()
+        .column(agent_runner_state::Column::StateKey)
+        .filter(COLUMN.scope_key.eq(scope_key));
+    if let Some(prefix) = prefix {
+        query = query.filter(COLUMN.state_key.gte(prefix));
+        if let Some(end) = prefix_successor(prefix) {
+            query = query.filter(COLUMN.state_key.lt(end));
+        }
+    }
+    backend.build(
+        &query
+            .order_by_asc(agent_runner_state::Column::StateKey)
+            .limit(limit)
+            .into_query(),
+    )
+}
+
+/// Every row of the given scope keys, in one query.
+pub fn snapshot_statement<'a>(
+    backend: DbBackend,
+    scope_keys: impl IntoIterator<Item = &'a str>,
+) -> Statement {
+    backend.build(
+        &Entity::find()
+            .select_only()
+            .columns([
+                agent_runner_state::Column::ScopeKey,
+                agent_runner_state::Column::StateKey,
+                agent_runner_state::Column::ValueJson,
+            ])
+            .filter(COLUMN.scope_key.is_in(scope_keys))
+            .into_query(),
+    )
+}
+
 /// Timestamps as the columns keep them: naive UTC, to the microsecond (to
 /// the second on MySQL's `DATETIME`, which would otherwise round up).
-fn now(backend: DbBackend) -> NaiveDateTime {
+pub fn now(backend: DbBackend) -> NaiveDateTime {
     let now = Utc::now().naive_utc();
     match backend {
         DbBackend::MySql => now.trunc_subsecs(0),

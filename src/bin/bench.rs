@@ -80,13 +80,19 @@ fn median(mut xs: Vec<f64>) -> f64 {
     (m * 10.0).round() / 10.0
 }
 
-/// The floor: the store's SQL through raw sqlx, per backend.
+/// The floor: the store's own SQL text, through raw sqlx, with values the
+/// floor binds itself (no ORM, no validation). [`floor::Sql::new`] takes the
+/// text from the store's statement builders and checks, for a sample of each
+/// operation, that the floor binds exactly the values the store binds: the
+/// two write the same rows and read the same way.
 mod floor {
     use std::sync::Arc;
 
-    use serde_json::Value;
+    use sea_orm::{DbBackend, Value};
+    use service::store::{get_statement, list_statement, snapshot_statement, upsert_statement};
+    use service::{IdentityColumns, Scope};
 
-    /// The raw statements, in each backend's placeholder style.
+    /// The store's statements, as text.
     pub struct Sql {
         pub upsert: Arc<str>,
         pub get: Arc<str>,
@@ -94,94 +100,109 @@ mod floor {
         pub snapshot: Arc<str>,
     }
 
-    pub fn sql(postgres: bool, mysql: bool) -> Sql {
-        let p = |n: usize| {
-            if postgres {
-                format!("${n}")
-            } else {
-                "?".to_owned()
+    impl Sql {
+        /// The store's SQL on `backend`, after checking the floor's values
+        /// against the store's for one sample of each operation.
+        pub fn new(backend: DbBackend, sample: &IdentityColumns) -> Self {
+            let now = service::store::now(backend);
+            let keys = ["a", "b", "c", "d"];
+            let store = [
+                upsert_statement(backend, sample, Scope::Actor, "sk", "k", "1".into(), now),
+                get_statement(backend, "sk", "k"),
+                list_statement(backend, "sk", Some("ns1."), 101),
+                snapshot_statement(backend, keys),
+            ];
+            let floor = [
+                upsert_values(sample, "actor", "sk", "k", "1".into(), now),
+                vec!["sk".into(), "k".into()],
+                list_values("sk", "ns1.", "ns1/"),
+                keys.iter().map(|k| (*k).into()).collect(),
+            ];
+            for (stmt, values) in store.iter().zip(&floor) {
+                let store_values = stmt
+                    .values
+                    .as_ref()
+                    .map(|v| v.0.clone())
+                    .unwrap_or_default();
+                assert_eq!(
+                    &store_values, values,
+                    "the floor binds other values than the store for {}",
+                    stmt.sql
+                );
             }
-        };
-        let cols = "runner_id, binding_identity, scope, scope_key, state_key, value_json, bot_id, \
-                    workspace_id, conversation_id, thread_id, actor_type, actor_id, subject_type, \
-                    subject_id, created_at, updated_at";
-        let values: Vec<String> = (1..=16).map(p).collect();
-        let conflict = if mysql {
-            "ON DUPLICATE KEY UPDATE value_json = VALUES(value_json), updated_at = VALUES(updated_at)"
-                .to_owned()
-        } else {
-            "ON CONFLICT (scope_key, state_key) DO UPDATE SET value_json = excluded.value_json, \
-             updated_at = excluded.updated_at"
-                .to_owned()
-        };
-        Sql {
-            upsert: format!(
-                "INSERT INTO agent_runner_state ({cols}) VALUES ({}) {conflict}",
-                values.join(", ")
-            )
-            .into(),
-            get: format!(
-                "SELECT value_json FROM agent_runner_state WHERE scope_key = {} AND state_key = {} LIMIT 1",
-                p(1),
-                p(2)
-            )
-            .into(),
-            list: format!(
-                "SELECT state_key FROM agent_runner_state WHERE scope_key = {} AND state_key >= {} \
-                 AND state_key < {} ORDER BY state_key LIMIT 101",
-                p(1),
-                p(2),
-                p(3)
-            )
-            .into(),
-            snapshot: format!(
-                "SELECT scope_key, state_key, value_json FROM agent_runner_state \
-                 WHERE scope_key IN ({}, {}, {}, {})",
-                p(1),
-                p(2),
-                p(3),
-                p(4)
-            )
-            .into(),
+            let [upsert, get, list, snapshot] = store.map(|s| Arc::from(s.sql));
+            Self {
+                upsert,
+                get,
+                list,
+                snapshot,
+            }
         }
     }
 
-    /// One row's bound values for the upsert.
-    pub struct Row<'a> {
-        pub scope: &'a str,
-        pub scope_key: &'a str,
-        pub state_key: &'a str,
-        pub value: &'a Value,
+    /// The upsert's values, in the store's column order.
+    pub fn upsert_values(
+        c: &IdentityColumns,
+        scope: &str,
+        scope_key: &str,
+        key: &str,
+        value_json: String,
+        now: chrono::NaiveDateTime,
+    ) -> Vec<Value> {
+        vec![
+            c.runner_id.as_str().into(),
+            c.binding_identity.as_str().into(),
+            scope.into(),
+            scope_key.into(),
+            key.into(),
+            value_json.into(),
+            c.bot_id.clone().into(),
+            c.workspace_id.clone().into(),
+            c.conversation_id.clone().into(),
+            c.thread_id.clone().into(),
+            c.actor_type.clone().into(),
+            c.actor_id.clone().into(),
+            c.subject_type.clone().into(),
+            c.subject_id.clone().into(),
+            now.into(),
+            now.into(),
+        ]
+    }
+
+    /// A prefix list's values: scope key, the range, and the page size + 1.
+    pub fn list_values(scope_key: &str, from: &str, to: &str) -> Vec<Value> {
+        vec![scope_key.into(), from.into(), to.into(), 101u64.into()]
     }
 
     macro_rules! backend {
-        ($name:ident, $pool:ty) => {
+        ($name:ident, $db:ty, $pool:ty) => {
             pub mod $name {
-                use super::{Row, Sql};
-                use sea_orm::sqlx;
+                use super::Sql;
+                use sea_orm::{Value, sqlx};
 
-                pub async fn set(pool: &$pool, sql: &Sql, row: Row<'_>) -> Result<(), sqlx::Error> {
-                    let now = chrono::Utc::now().naive_utc();
-                    sqlx::query(sqlx::AssertSqlSafe(sql.upsert.clone()))
-                        .bind(super::super::RUNNER)
-                        .bind("pipeline-bench")
-                        .bind(row.scope)
-                        .bind(row.scope_key)
-                        .bind(row.state_key)
-                        .bind(serde_json::to_string(row.value).unwrap())
-                        .bind("bot-1")
-                        .bind("ws-1")
-                        .bind(Option::<&str>::None)
-                        .bind(Option::<&str>::None)
-                        .bind("user")
-                        .bind("u-1")
-                        .bind(Option::<&str>::None)
-                        .bind(Option::<&str>::None)
-                        .bind(now)
-                        .bind(now)
-                        .execute(pool)
-                        .await
-                        .map(|_| ())
+                type Query<'q> = sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments>;
+
+                /// Binds a value the way the floor's values come: text,
+                /// timestamps and the list's limit.
+                fn bind(q: Query<'_>, v: Value) -> Query<'_> {
+                    match v {
+                        Value::String(s) => q.bind(s),
+                        Value::ChronoDateTime(t) => q.bind(t),
+                        Value::BigUnsigned(n) => q.bind(n.map(|n| n as i64)),
+                        other => panic!("the floor binds no {other:?}"),
+                    }
+                }
+
+                pub async fn set(
+                    pool: &$pool,
+                    sql: &Sql,
+                    values: Vec<Value>,
+                ) -> Result<(), sqlx::Error> {
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.upsert.clone()));
+                    for v in values {
+                        q = bind(q, v);
+                    }
+                    q.execute(pool).await.map(|_| ())
                 }
 
                 pub async fn get(
@@ -209,6 +230,7 @@ mod floor {
                         .bind(scope_key)
                         .bind(from)
                         .bind(to)
+                        .bind(101i64)
                         .fetch_all(pool)
                         .await
                 }
@@ -232,9 +254,9 @@ mod floor {
         };
     }
 
-    backend!(sqlite, sqlx::SqlitePool);
-    backend!(postgres, sqlx::PgPool);
-    backend!(mysql, sqlx::MySqlPool);
+    backend!(sqlite, sqlx::Sqlite, sqlx::SqlitePool);
+    backend!(postgres, sqlx::Postgres, sqlx::PgPool);
+    backend!(mysql, sqlx::MySql, sqlx::MySqlPool);
 }
 
 /// Dispatches a floor call to the pool of the backend.
@@ -275,12 +297,14 @@ impl Bench {
                 let key = format!("key-{i}");
                 let v = value(i, generation);
                 if floor {
-                    let row = floor::Row {
-                        scope: "conversation",
-                        scope_key: &scope_key,
-                        state_key: &key,
-                        value: &v,
-                    };
+                    let row = floor::upsert_values(
+                        ctx.columns(),
+                        "conversation",
+                        &scope_key,
+                        &key,
+                        serde_json::to_string(&v).unwrap(),
+                        service::store::now(self.db.get_database_backend()),
+                    );
                     floor_call!(self.db, set(&self.sql, row)).unwrap();
                 } else {
                     store
@@ -372,10 +396,12 @@ impl Bench {
     async fn d_snapshot(&self, ctx: &StateContext, n: usize, floor: bool) -> f64 {
         let store = StateStore::new(&*self.db);
         let policy = StatePolicy::all_scopes();
-        let keys: Vec<&str> = Scope::ALL
+        // In the store's order: its IN list follows the keys' sort order.
+        let mut keys: Vec<&str> = Scope::ALL
             .iter()
             .map(|s| ctx.scope_key(*s).unwrap())
             .collect();
+        keys.sort_unstable();
         let keys = [keys[0], keys[1], keys[2], keys[3]];
         let started = Instant::now();
         for _ in 0..n {
@@ -411,10 +437,7 @@ impl Bench {
         let tasks: Vec<_> = (0..32)
             .map(|task| {
                 let (db, ctx, scope_key) = (self.db.clone(), ctx.clone(), scope_key.clone());
-                let sql = floor::sql(
-                    db.get_database_backend() == sea_orm::DbBackend::Postgres,
-                    db.get_database_backend() == sea_orm::DbBackend::MySql,
-                );
+                let sql = floor::Sql::new(db.get_database_backend(), ctx.columns());
                 tokio::spawn(async move {
                     let store = StateStore::new(&*db);
                     let mut errors = 0;
@@ -422,12 +445,14 @@ impl Bench {
                         let key = format!("shared-{}", (task * 7 + i) % 50);
                         let v = value(i, task);
                         let ok = if floor {
-                            let row = floor::Row {
-                                scope: "actor",
-                                scope_key: &scope_key,
-                                state_key: &key,
-                                value: &v,
-                            };
+                            let row = floor::upsert_values(
+                                ctx.columns(),
+                                "actor",
+                                &scope_key,
+                                &key,
+                                serde_json::to_string(&v).unwrap(),
+                                service::store::now(db.get_database_backend()),
+                            );
                             floor_call!(db, set(&sql, row)).is_ok()
                         } else {
                             store.set(&ctx, Scope::Actor, &key, &v).await.is_ok()
@@ -473,7 +498,10 @@ async fn main() {
         let scale = if warm_up { 10 } else { 1 };
         let bench = Bench {
             db: db.clone(),
-            sql: floor::sql(backend == Backend::Postgres, backend == Backend::MySql),
+            sql: floor::Sql::new(
+                db.get_database_backend(),
+                context("sample", "u-1").columns(),
+            ),
             run,
         };
         // Alternate which goes first, so that neither always runs warmer.
