@@ -75,7 +75,7 @@ async fn seed(t: &TestDb) {
     t.exec(&format!(
         "INSERT INTO agent_runner_state (runner_id, binding_identity, scope, scope_key, state_key, \
          value_json, bot_id, conversation_id, actor_type, actor_id, created_at, updated_at) VALUES \
-         ('{RUNNER}', 'pipeline-1', 'conversation', '{}', 'memory.python', '{{\"from\": \"python\", \"n\": 1}}', \
+         ('{RUNNER}', 'pipeline-1', 'conversation', '{}', 'memory.python', '{PYTHON_TEXT}', \
          'bot-1', 'c-py', 'user', 'Bob', '2025-01-01 00:00:00', '2025-01-01 00:00:00')",
         c.scope_key(Scope::Conversation).unwrap()
     ))
@@ -114,7 +114,15 @@ async fn stats_list_and_export(t: TestDb) {
         .iter()
         .find(|r| r["state_key"] == "memory.python")
         .unwrap();
-    assert_eq!(python["value"], json!({"from": "python", "n": 1}));
+    // The stored text, unchanged, beside the value read exactly.
+    assert_eq!(python["value_json"], PYTHON_TEXT);
+    assert_eq!(python["value"]["n"], json!(1));
+    assert_eq!(
+        python["value"]["f"].as_f64().unwrap().to_bits(),
+        0.9999999999999999f64.to_bits()
+    );
+    assert_eq!(python["value"]["e"].as_f64(), Some(1e-07));
+    assert!(python.get("value_error").is_none());
 
     let bobs = export(&t.url, &["--actor-id", "Bob", "--runner", RUNNER]);
     assert_eq!(bobs.len(), 3, "{bobs:?}");
@@ -129,7 +137,29 @@ async fn stats_list_and_export(t: TestDb) {
 
     let listed = ok(admin(&t.url, &["list", "--bot", "bot-1"]));
     assert_eq!(listed.lines().count(), 1 + 9, "{listed}");
+
+    // A value Python wrote that JSON cannot hold: exported as stored, with
+    // the reason it has no decoded value.
+    t.exec(&format!(
+        "INSERT INTO agent_runner_state (runner_id, binding_identity, scope, scope_key, state_key, \
+         value_json, created_at, updated_at) VALUES ('{RUNNER}', 'pipeline-1', 'runner', 'runner:v2:nan', \
+         'nan.row', '[NaN, 1e-07]', '2025-01-01 00:00:00', '2025-01-01 00:00:00')"
+    ))
+    .await;
+    let nan = export(&t.url, &["--key-prefix", "nan."]);
+    assert_eq!(nan.len(), 1);
+    assert_eq!(nan[0]["value_json"], "[NaN, 1e-07]");
+    assert_eq!(nan[0]["value"], Value::Null);
+    assert!(
+        nan[0]["value_error"].as_str().unwrap().contains("NaN"),
+        "{}",
+        nan[0]
+    );
 }
+
+/// A value as LangBot's Python writes it: `", "` separators, floats in
+/// Python's repr, one that a lenient parser reads one step off.
+const PYTHON_TEXT: &str = r#"{"from": "python", "n": 1, "f": 0.9999999999999999, "e": 1e-07}"#;
 
 async fn get_by_key_and_by_identity(t: TestDb) {
     seed(&t).await;

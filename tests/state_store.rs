@@ -413,7 +413,10 @@ async fn langbot_rows_read_back(t: TestDb) {
     );
     assert!(matches!(
         store.get(&c, Scope::Conversation, "broken").await,
-        Err(StateError::CorruptValue { .. })
+        Err(StateError::UnreadableValue {
+            source: service::value::ValueError::NotJson(_),
+            ..
+        })
     ));
     assert_eq!(
         store.get(&c, Scope::Conversation, "null").await.unwrap(),
@@ -424,6 +427,31 @@ async fn langbot_rows_read_back(t: TestDb) {
         .await
         .unwrap();
     assert_eq!(page.keys, ["broken", "nan", "null", "py"]);
+    // NaN is what Python reads but a JSON value cannot hold: get and
+    // snapshot say so, naming the key, rather than change or drop it.
+    let err = store.get(&c, Scope::Conversation, "nan").await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            StateError::UnreadableValue {
+                state_key,
+                source: service::value::ValueError::NonFiniteNumber { token: "NaN" },
+                ..
+            } if state_key == "nan"
+        ),
+        "{err:?}"
+    );
+    let err = store
+        .snapshot(&c, &StatePolicy::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StateError::UnreadableValue { state_key, .. } if state_key == "nan"),
+        "{err:?}"
+    );
+    store.delete(&c, Scope::Conversation, "nan").await.unwrap();
+    // Text LangBot's reader rejects too, and a missing value, are skipped (and
+    // logged), as LangBot's snapshot skips them.
     let snap = store.snapshot(&c, &StatePolicy::default()).await.unwrap();
     let conversation: Vec<&String> = snap[&Scope::Conversation].keys().collect();
     assert_eq!(conversation, ["external.conversation_id", "py"]);
@@ -436,7 +464,7 @@ async fn langbot_rows_read_back(t: TestDb) {
         store.get(&c, Scope::Conversation, "py").await.unwrap(),
         Some(json!(2))
     );
-    assert_eq!(row_count(&t).await, 4);
+    assert_eq!(row_count(&t).await, 3);
 }
 
 async fn concurrent_sets_never_fail(t: TestDb) {

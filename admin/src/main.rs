@@ -334,9 +334,12 @@ async fn list(db: &DatabaseConnection, filter: &Filter, export: bool) -> Result<
     out.flush().map_err(|e| format!("write: {e}"))
 }
 
-/// A row as one JSON object, its value decoded (or the undecodable text).
+/// A row as one JSON object: the stored text unchanged in `value_json` (a
+/// faithful backup), and beside it the decoded `value`, or `value_error` when
+/// the text cannot be read as a JSON value (not JSON, `NaN`, an integer beyond
+/// 64 bits).
 fn export_line(row: &Model) -> Value {
-    let (value, value_error) = match row.value_json.as_deref().map(serde_json::from_str::<Value>) {
+    let (value, value_error) = match row.value_json.as_deref().map(service::value::decode) {
         None => (Value::Null, None),
         Some(Ok(v)) => (v, None),
         Some(Err(e)) => (Value::Null, Some(e.to_string())),
@@ -348,6 +351,7 @@ fn export_line(row: &Model) -> Value {
         "scope": row.scope,
         "scope_key": row.scope_key,
         "state_key": row.state_key,
+        "value_json": row.value_json,
         "value": value,
         "bot_id": row.bot_id,
         "workspace_id": row.workspace_id,
@@ -362,7 +366,6 @@ fn export_line(row: &Model) -> Value {
     });
     if let Some(error) = value_error {
         line["value_error"] = json!(error);
-        line["value_text"] = json!(row.value_json);
     }
     line
 }

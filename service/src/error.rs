@@ -3,6 +3,7 @@
 use sea_orm::DbErr;
 
 use crate::identity::{Scope, UnknownScope};
+use crate::value::ValueError;
 
 /// Why a state operation was refused or failed. Every refusal happens before
 /// any SQL runs, so nothing is half-written.
@@ -46,19 +47,24 @@ pub enum StateError {
         /// The limit, 262,144 bytes.
         limit: usize,
     },
-    /// A stored value is not valid JSON (written by something else).
-    #[error("stored value of {state_key:?} in {scope_key} is not valid JSON")]
-    CorruptValue {
+    /// A value to set cannot be stored so that it reads back (nested deeper
+    /// than [`MAX_VALUE_DEPTH`](crate::value::MAX_VALUE_DEPTH)).
+    #[error("value {0}")]
+    InvalidValue(#[source] ValueError),
+    /// A stored value cannot be read as it was meant: not JSON, or holding
+    /// what a JSON value cannot represent (`NaN`, an integer beyond 64 bits).
+    #[error("stored value of {state_key:?} in {scope_key} {source}")]
+    UnreadableValue {
         /// Where it is stored.
         scope_key: String,
         /// Its key.
         state_key: String,
-        /// What the parser said.
+        /// What it holds.
         #[source]
-        source: serde_json::Error,
+        source: ValueError,
     },
     /// The database failed.
-    #[error("database error")]
+    #[error("database error: {0}")]
     Db(#[from] DbErr),
 }
 

@@ -8,6 +8,7 @@ pub mod policy;
 pub mod rename;
 pub mod run;
 pub mod store;
+pub mod value;
 
 pub use error::{Result, StateError};
 pub use identity::{Actor, Binding, Event, IdentityColumns, Scope, Subject};

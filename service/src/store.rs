@@ -24,6 +24,7 @@ use serde_json::Value;
 use crate::error::{Result, StateError};
 use crate::identity::{IdentityColumns, Scope};
 use crate::policy::StatePolicy;
+use crate::value::{self, ValueError};
 
 /// Largest serialised value, in bytes of UTF-8.
 pub const MAX_VALUE_BYTES: usize = 262_144;
@@ -164,9 +165,9 @@ where
         match stored {
             None => Ok(None),
             Some(text) => {
-                serde_json::from_str(&text)
+                value::decode(&text)
                     .map(Some)
-                    .map_err(|source| StateError::CorruptValue {
+                    .map_err(|source| StateError::UnreadableValue {
                         scope_key: scope_key.to_owned(),
                         state_key: key.to_owned(),
                         source,
@@ -274,12 +275,23 @@ where
                 tracing::warn!(%scope_key, %state_key, "state value is missing; skipped in snapshot");
                 continue;
             };
-            match serde_json::from_str(&text) {
+            match value::decode(&text) {
                 Ok(value) => {
                     snapshot.entry(*scope).or_default().insert(state_key, value);
                 }
-                Err(e) => {
-                    tracing::warn!(%scope_key, %state_key, error = %e, "state value is not valid JSON; skipped in snapshot");
+                // What LangBot's reader rejects too is skipped, as LangBot
+                // skips it (SPEC section 5), with a warning naming the key.
+                Err(e @ (ValueError::NotJson(_) | ValueError::TooDeep { .. })) => {
+                    tracing::warn!(%scope_key, %state_key, error = %e, "state value is not readable JSON; skipped in snapshot");
+                }
+                // What LangBot reads but a JSON value cannot hold is an
+                // error: leaving the key out would silently change the state.
+                Err(source) => {
+                    return Err(StateError::UnreadableValue {
+                        scope_key,
+                        state_key,
+                        source,
+                    });
                 }
             }
         }
@@ -515,7 +527,7 @@ fn validate_context(c: &IdentityColumns) -> Result<()> {
 }
 
 fn serialize_value(value: &Value) -> Result<String> {
-    let text = value.to_string();
+    let text = value::encode(value).map_err(StateError::InvalidValue)?;
     if text.len() > MAX_VALUE_BYTES {
         return Err(StateError::ValueTooLarge {
             size: text.len(),
