@@ -1,30 +1,38 @@
 #!/usr/bin/env bash
-# Start the test database servers this workspace's tests run against:
-# PostgreSQL 15 and MariaDB, on loopback only. Installs MariaDB when it is
-# missing. Safe to run twice: servers already running from the state
-# directory are reused; a half-made data directory (a run killed during
-# initdb) is made again; servers killed without a shutdown start again.
+# Start the test database servers this workspace's tests run against, on
+# loopback only, installing what is missing (MariaDB, PgBouncer, galera-4):
+#
+#   postgres      PostgreSQL 15, plain                         127.0.0.1:54329
+#   postgres-tls  PostgreSQL 15, TLS only (hostnossl reject)   localhost:54330
+#   pgbouncer     PgBouncer, pool_mode = transaction, in front of `postgres`
+#                                                              127.0.0.1:64329
+#   mariadb       MariaDB, plain                               127.0.0.1:33069
+#   mariadb-tls   MariaDB, require_secure_transport=ON         localhost:33070
+#   galera        3-node MariaDB Galera cluster (TESTDB_GALERA=1, or CI=true)
+#                                                   127.0.0.1:33071,33072,33073
+#
+# Production-like defaults on purpose, so collation bugs cannot hide:
+#   PostgreSQL: default collation ICU en-US (linguistic, not code point)
+#   MariaDB:    utf8mb4 / utf8mb4_general_ci (case-insensitive, PAD SPACE)
+# The TLS servers use certificates from a CA this script makes (tls/ca.crt),
+# valid for localhost and 127.0.0.1; tls/client.{crt,key} is a client
+# certificate for the user `certuser`, which both TLS servers require to
+# present one; tls/other-ca.crt is a CA that signed none of them.
 #
 #   scripts/test-dbs.sh [start]   start what is not running; print the URLs
 #   scripts/test-dbs.sh status    say which servers run (exit 1 if any is down)
 #   scripts/test-dbs.sh stop      stop exactly the servers this script started
 #                                 from this state directory
 #
-# State (data, sockets, logs, the env file) lives outside the clone, where the
-# server users (postgres, mysql) can reach it even when the clone sits in a
-# root-only folder: $TESTDB_DIR, default
+# Safe to run twice: servers already running from the state directory are
+# reused; a half-made data directory (a run killed during initdb) is made
+# again; servers killed without a shutdown start again.
+#
+# State (data, sockets, logs, certificates, the env file) lives outside the
+# clone, where the server users (postgres, mysql) can reach it even when the
+# clone sits in a root-only folder: $TESTDB_DIR, default
 #   ${TMPDIR:-/tmp}/agent-runner-state-testdb/<hash of the clone's path>
-# so each clone has its own servers' data.
-#
-# Production-like defaults on purpose, so collation bugs cannot hide:
-#   PostgreSQL: default collation ICU en-US (linguistic, not code point)
-#   MariaDB:    utf8mb4 / utf8mb4_general_ci (case-insensitive, PAD SPACE)
-#
-# Prints the URLs and writes them to <dir>/env for `source`:
-#   TEST_POSTGRES_URL, TEST_MYSQL_URL
-#
-# Environment: TESTDB_DIR, TESTDB_PG_PORT (default 54329),
-#              TESTDB_MYSQL_PORT (default 33069).
+# The URLs are printed and written to <state>/env for `source`.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -35,8 +43,14 @@ esac
 repo_hash=$(printf '%s' "$repo" | sha256sum | cut -c1-12)
 dir=${TESTDB_DIR:-${TMPDIR:-/tmp}/agent-runner-state-testdb/$repo_hash}
 pg_port=${TESTDB_PG_PORT:-54329}
+pg_tls_port=${TESTDB_PG_TLS_PORT:-54330}
+pgbouncer_port=${TESTDB_PGBOUNCER_PORT:-64329}
 my_port=${TESTDB_MYSQL_PORT:-33069}
+my_tls_port=${TESTDB_MYSQL_TLS_PORT:-33070}
+galera_base_port=${TESTDB_GALERA_PORT:-33071}
 pg_bin=/usr/lib/postgresql/15/bin
+galera=${TESTDB_GALERA:-}
+if [ -z "$galera" ] && { [ "${CI:-}" = true ] || [ "${CI:-}" = 1 ]; }; then galera=1; fi
 
 log() { echo "test-dbs: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -51,14 +65,16 @@ as_user() {
     local user=$1; shift
     if [ "$(id -u)" = 0 ]; then runuser -u "$user" -- "$@"; else "$@"; fi
 }
+own() { if [ "$(id -u)" = 0 ]; then chown "$1" "${@:2}"; fi; }
 
+# Waits until "$@" succeeds: what it waits for is the server answering.
 wait_for() {
     local what=$1; shift
-    for _ in $(seq 1 120); do
+    for _ in $(seq 1 240); do
         if "$@" >/dev/null 2>&1; then return 0; fi
         sleep 0.5
     done
-    die "$what did not answer within 60 s"
+    die "$what did not answer within 120 s"
 }
 
 # Whether process $1 runs (a zombie left by a killed server does not: where
@@ -69,133 +85,331 @@ alive() {
         && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
 }
 
-# The PostgreSQL postmaster started from $dir, if it runs.
+port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+apt_install() {
+    [ "$(id -u)" = 0 ] || die "$* not installed and this is not root: apt-get install $*"
+    log "installing $* (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    if [ ! -f "$dir/.apt-updated" ]; then
+        apt-get update -qq >"$dir/apt.log" 2>&1 || { tail -n 20 "$dir/apt.log" >&2; die "apt-get update failed"; }
+        touch "$dir/.apt-updated"
+    fi
+    apt-get install -y -qq "$@" >>"$dir/apt.log" 2>&1 \
+        || { tail -n 20 "$dir/apt.log" >&2; die "apt-get install $* failed"; }
+}
+
+# ------------------------------------------------------------- certificates
+make_certs() {
+    local tls=$dir/tls
+    [ -s "$tls/done" ] && return 0
+    log "making a test CA and certificates in $tls"
+    rm -rf "$tls.new"; mkdir -p "$tls.new"
+    (
+        cd "$tls.new"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+            -subj "/CN=agent-runner-state test CA" -keyout ca.key -out ca.crt
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+            -subj "/CN=some other CA" -keyout other-ca.key -out other-ca.crt
+        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >server.ext
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+            -subj "/CN=localhost" -keyout server.key -out server.csr
+        openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+            -extfile server.ext -out server.crt
+        printf 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n' >client.ext
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+            -subj "/CN=certuser" -keyout client.key.sec1 -out client.csr
+        openssl pkcs8 -topk8 -nocrypt -in client.key.sec1 -out client.key
+        openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+            -extfile client.ext -out client.crt
+        # Each server gets its own copy of the key, owned by its user.
+        mkdir pg mysql
+        cp server.crt server.key ca.crt pg/; cp server.crt server.key ca.crt mysql/
+        chmod 600 pg/server.key mysql/server.key
+    ) >"$dir/certs.log" 2>&1 || { cat "$dir/certs.log" >&2; die "making certificates failed"; }
+    own postgres: -R "$tls.new/pg"
+    own mysql: -R "$tls.new/mysql"
+    chmod 644 "$tls.new"/*.crt; chmod 600 "$tls.new/client.key"
+    echo ok >"$tls.new/done"
+    rm -rf "$tls"; mv "$tls.new" "$tls"
+}
+
+# --------------------------------------------------------------- PostgreSQL
+# The postmaster started from $dir/$1, if it runs.
 pg_pid() {
     local pid
-    pid=$(head -n 1 "$dir/pg/postmaster.pid" 2>/dev/null) || return 1
+    pid=$(head -n 1 "$dir/$1/postmaster.pid" 2>/dev/null) || return 1
     alive "$pid" && echo "$pid"
 }
 
-# ---------------------------------------------------------------- PostgreSQL
-start_postgres() {
+# start_pg NAME PORT HOST [postgres -c options...]
+start_pg() {
+    local name=$1 port=$2 host=$3; shift 3
     [ -x "$pg_bin/initdb" ] || die "PostgreSQL 15 server binaries not found in $pg_bin"
-    local data=$dir/pg run=$dir/pg-run
-    mkdir -p "$run"
-    if [ "$(id -u)" = 0 ]; then chown postgres: "$run"; fi
+    local data=$dir/$name run=$dir/$name-run
+    mkdir -p "$run"; own postgres: "$run"
     if [ ! -s "$data/PG_VERSION" ]; then
         # Made aside and renamed when whole: a killed initdb leaves no
         # half-made data directory behind.
-        log "initialising PostgreSQL in $data (ICU en-US default collation)"
+        log "initialising $name in $data (ICU en-US default collation)"
         rm -rf "$data.new" "$data"
-        mkdir -p "$data.new"
-        if [ "$(id -u)" = 0 ]; then chown postgres: "$data.new"; fi
+        mkdir -p "$data.new"; own postgres: "$data.new"
         as_user postgres "$pg_bin/initdb" -D "$data.new" -U postgres --auth=trust \
             --encoding=UTF8 --locale=C.UTF-8 \
-            --locale-provider=icu --icu-locale=en-US >"$dir/pg-initdb.log" 2>&1 \
-            || { cat "$dir/pg-initdb.log" >&2; die "initdb failed"; }
+            --locale-provider=icu --icu-locale=en-US >"$dir/$name-initdb.log" 2>&1 \
+            || { cat "$dir/$name-initdb.log" >&2; die "initdb failed"; }
         mv "$data.new" "$data"
     fi
-    if pg_pid >/dev/null; then
-        log "PostgreSQL already running from $data"
+    if pg_pid "$name" >/dev/null; then
+        log "$name already running from $data"
     else
-        # A server killed without shutdown leaves its lock file: drop it, the
-        # postmaster it names is gone.
+        # A server killed without shutdown leaves its lock files: drop them,
+        # the postmaster they name is gone.
         rm -f "$data/postmaster.pid" "$run"/.s.PGSQL.*.lock
-        if "$pg_bin/pg_isready" -q -h 127.0.0.1 -p "$pg_port"; then
-            die "port $pg_port is taken by another PostgreSQL; set TESTDB_PG_PORT"
-        fi
-        log "starting PostgreSQL on 127.0.0.1:$pg_port"
-        as_user postgres "$pg_bin/pg_ctl" -D "$data" -l "$run/pg.log" -w -t 60 start -o \
-            "-p $pg_port -k $run -c listen_addresses=127.0.0.1 -c max_connections=600 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
-            >/dev/null || { tail -n 30 "$run/pg.log" >&2; die "PostgreSQL did not start"; }
+        port_taken "$port" && die "port $port is taken by another server; set its TESTDB_*_PORT"
+        log "starting $name on $host:$port"
+        local opts="-p $port -k $run -c listen_addresses=127.0.0.1 -c max_connections=600 -c fsync=off -c synchronous_commit=off -c full_page_writes=off $*"
+        as_user postgres "$pg_bin/pg_ctl" -D "$data" -l "$run/pg.log" -w -t 60 start -o "$opts" \
+            >/dev/null || { tail -n 30 "$run/pg.log" >&2; die "$name did not start"; }
     fi
+}
+
+start_postgres() {
+    start_pg postgres "$pg_port" 127.0.0.1
     wait_for PostgreSQL "$pg_bin/pg_isready" -q -h 127.0.0.1 -p "$pg_port"
 }
 
-# ------------------------------------------------------------------- MariaDB
-install_mariadb() {
-    command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] && return 0
-    [ "$(id -u)" = 0 ] || die "MariaDB is not installed and this is not root: apt-get install mariadb-server"
-    log "installing MariaDB (apt-get)"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >"$dir/apt.log" 2>&1 || { tail -n 20 "$dir/apt.log" >&2; die "apt-get update failed"; }
-    apt-get install -y -qq mariadb-server >>"$dir/apt.log" 2>&1 \
-        || { tail -n 20 "$dir/apt.log" >&2; die "apt-get install mariadb-server failed"; }
+start_postgres_tls() {
+    make_certs
+    local hba=$dir/postgres-tls-hba.conf tls=$dir/tls/pg
+    cat >"$hba" <<EOF
+# TLS only: plain connections are refused; certuser must show a certificate.
+local      all  all                     trust
+hostnossl  all  all       0.0.0.0/0     reject
+hostssl    all  certuser  127.0.0.1/32  cert
+hostssl    all  all       127.0.0.1/32  trust
+EOF
+    chmod 644 "$hba"
+    start_pg postgres-tls "$pg_tls_port" localhost -c ssl=on -c "ssl_cert_file=$tls/server.crt" \
+        -c "ssl_key_file=$tls/server.key" -c "ssl_ca_file=$tls/ca.crt" -c "hba_file=$hba"
+    wait_for "PostgreSQL (TLS)" "$pg_bin/pg_isready" -q -h "$dir/postgres-tls-run" -p "$pg_tls_port"
+    as_user postgres "$pg_bin/psql" -q -h "$dir/postgres-tls-run" -p "$pg_tls_port" -U postgres -c \
+        "DO \$\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'certuser') THEN CREATE ROLE certuser LOGIN SUPERUSER; END IF; END \$\$;" >/dev/null
 }
 
-my_client() { mariadb --no-defaults --protocol=socket -S "$dir/mysql-run/mysqld.sock" -uroot "$@"; }
+# ---------------------------------------------------------------- PgBouncer
+pgbouncer_pid() {
+    local pid
+    pid=$(cat "$dir/pgbouncer-run/pgbouncer.pid" 2>/dev/null) || return 1
+    alive "$pid" && echo "$pid"
+}
 
-start_mariadb() {
-    install_mariadb
-    local mariadbd
-    mariadbd=$(command -v mariadbd || echo /usr/sbin/mariadbd)
-    local data=$dir/mysql run=$dir/mysql-run
-    mkdir -p "$run"
-    if [ "$(id -u)" = 0 ]; then chown mysql: "$run"; fi
-    if [ ! -d "$data/mysql" ]; then
-        log "initialising MariaDB in $data"
-        rm -rf "$data.new" "$data"
-        mkdir -p "$data.new"
-        if [ "$(id -u)" = 0 ]; then chown mysql: "$data.new"; fi
-        as_user mysql mariadb-install-db --no-defaults --datadir="$data.new" \
-            --auth-root-authentication-method=normal --skip-test-db >"$dir/mysql-install.log" 2>&1 \
-            || { cat "$dir/mysql-install.log" >&2; die "mariadb-install-db failed"; }
-        mv "$data.new" "$data"
-    fi
-    if [ -S "$run/mysqld.sock" ] && my_client -e 'SELECT 1' >/dev/null 2>&1; then
-        log "MariaDB already running from $data"
+start_pgbouncer() {
+    command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || apt_install pgbouncer
+    local bin run=$dir/pgbouncer-run
+    bin=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
+    mkdir -p "$run"; own postgres: "$run"
+    if pgbouncer_pid >/dev/null; then
+        log "PgBouncer already running from $run"
     else
-        if (exec 3<>"/dev/tcp/127.0.0.1/$my_port") 2>/dev/null; then
-            die "port $my_port is taken by another server; set TESTDB_MYSQL_PORT"
-        fi
-        log "starting MariaDB on 127.0.0.1:$my_port (utf8mb4_general_ci)"
-        as_user mysql "$mariadbd" --no-defaults --datadir="$data" \
-            --socket="$run/mysqld.sock" --pid-file="$run/mysqld.pid" \
-            --port="$my_port" --bind-address=127.0.0.1 --skip-name-resolve \
-            --character-set-server=utf8mb4 --collation-server=utf8mb4_general_ci \
-            --max-connections=1000 --innodb-flush-log-at-trx-commit=2 \
-            --innodb-buffer-pool-size=256M --log-error="$run/mysql.log" \
-            >/dev/null 2>&1 &
-        disown || true
+        rm -f "$run/pgbouncer.pid"
+        port_taken "$pgbouncer_port" && die "port $pgbouncer_port is taken; set TESTDB_PGBOUNCER_PORT"
+        echo '"postgres" ""' >"$run/userlist.txt"
+        cat >"$run/pgbouncer.ini" <<EOF
+[databases]
+* = host=127.0.0.1 port=$pg_port
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $pgbouncer_port
+unix_socket_dir = $run
+auth_type = trust
+auth_file = $run/userlist.txt
+pool_mode = transaction
+; few server connections per database, so clients really share them
+default_pool_size = 4
+max_client_conn = 2000
+max_db_connections = 8
+; sqlx sends extra_float_digits at startup; PgBouncer 1.18 must be told
+ignore_startup_parameters = extra_float_digits
+pidfile = $run/pgbouncer.pid
+logfile = $run/pgbouncer.log
+admin_users = postgres
+EOF
+        own postgres: "$run"/*
+        log "starting PgBouncer (transaction pooling) on 127.0.0.1:$pgbouncer_port"
+        as_user postgres "$bin" -d "$run/pgbouncer.ini" >/dev/null 2>&1 \
+            || { tail -n 20 "$run/pgbouncer.log" >&2; die "PgBouncer did not start"; }
     fi
-    wait_for MariaDB my_client -e 'SELECT 1'
-    my_client -e "CREATE USER IF NOT EXISTS 'langbot'@'127.0.0.1' IDENTIFIED BY 'langbot';
-                  GRANT ALL PRIVILEGES ON *.* TO 'langbot'@'127.0.0.1' WITH GRANT OPTION;
-                  FLUSH PRIVILEGES;"
+    wait_for PgBouncer "$pg_bin/pg_isready" -q -h 127.0.0.1 -p "$pgbouncer_port"
 }
 
-# ---------------------------------------------------------- status and stop
+# ------------------------------------------------------------------ MariaDB
+install_mariadb() {
+    { command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ]; } && return 0
+    apt_install mariadb-server
+}
 
-# The pid of the MariaDB this script started, if it still runs from $dir.
+my_client() { local sock=$1; shift; mariadb --no-defaults --protocol=socket -S "$sock" -uroot "$@"; }
+
+# The pid of the MariaDB started from $dir/$1, if it runs.
 mariadb_pid() {
     local pid
-    pid=$(cat "$dir/mysql-run/mysqld.pid" 2>/dev/null) || return 1
+    pid=$(cat "$dir/$1-run/mysqld.pid" 2>/dev/null) || return 1
     alive "$pid" \
-        && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "--datadir=$dir/mysql " \
+        && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "--datadir=$dir/$1 " \
         && echo "$pid"
 }
 
+# start_mariadb_instance NAME PORT [mariadbd options...]
+start_mariadb_instance() {
+    local name=$1 port=$2; shift 2
+    install_mariadb
+    local mariadbd data=$dir/$name run=$dir/$name-run
+    mariadbd=$(command -v mariadbd || echo /usr/sbin/mariadbd)
+    mkdir -p "$run"; own mysql: "$run"
+    if [ ! -d "$data/mysql" ]; then
+        log "initialising $name in $data"
+        rm -rf "$data.new" "$data"
+        mkdir -p "$data.new"; own mysql: "$data.new"
+        as_user mysql mariadb-install-db --no-defaults --datadir="$data.new" \
+            --auth-root-authentication-method=normal --skip-test-db >"$dir/$name-install.log" 2>&1 \
+            || { cat "$dir/$name-install.log" >&2; die "mariadb-install-db failed"; }
+        mv "$data.new" "$data"
+    fi
+    if mariadb_pid "$name" >/dev/null; then
+        log "$name already running from $data"
+    else
+        port_taken "$port" && die "port $port is taken by another server; set its TESTDB_*_PORT"
+        log "starting $name on 127.0.0.1:$port (utf8mb4_general_ci)"
+        as_user mysql "$mariadbd" --no-defaults --datadir="$data" \
+            --socket="$run/mysqld.sock" --pid-file="$run/mysqld.pid" \
+            --port="$port" --bind-address=127.0.0.1 --skip-name-resolve \
+            --character-set-server=utf8mb4 --collation-server=utf8mb4_general_ci \
+            --max-connections=1000 --innodb-flush-log-at-trx-commit=2 \
+            --log-error="$run/mysql.log" "$@" \
+            >/dev/null 2>&1 &
+        disown || true
+    fi
+    wait_for "$name" my_client "$run/mysqld.sock" -e 'SELECT 1'
+}
+
+create_mariadb_users() {
+    my_client "$1" -e "CREATE USER IF NOT EXISTS 'langbot'@'127.0.0.1' IDENTIFIED BY 'langbot';
+                  GRANT ALL PRIVILEGES ON *.* TO 'langbot'@'127.0.0.1' WITH GRANT OPTION;
+                  $2
+                  FLUSH PRIVILEGES;"
+}
+
+start_mariadb() {
+    start_mariadb_instance mariadb "$my_port" --innodb-buffer-pool-size=256M
+    create_mariadb_users "$dir/mariadb-run/mysqld.sock" ""
+}
+
+start_mariadb_tls() {
+    make_certs
+    local tls=$dir/tls/mysql
+    start_mariadb_instance mariadb-tls "$my_tls_port" --innodb-buffer-pool-size=64M \
+        --require-secure-transport=ON --ssl-ca="$tls/ca.crt" --ssl-cert="$tls/server.crt" \
+        --ssl-key="$tls/server.key"
+    create_mariadb_users "$dir/mariadb-tls-run/mysqld.sock" \
+        "CREATE USER IF NOT EXISTS 'certuser'@'127.0.0.1' REQUIRE X509;
+         GRANT ALL PRIVILEGES ON *.* TO 'certuser'@'127.0.0.1' WITH GRANT OPTION;"
+}
+
+# ------------------------------------------------------------------- Galera
+galera_lib() {
+    for lib in /usr/lib/galera/libgalera_smm.so /usr/lib/libgalera_smm.so /usr/lib/galera-4/libgalera_smm.so; do
+        [ -f "$lib" ] && { echo "$lib"; return 0; }
+    done
+    return 1
+}
+
+# galera_node N: options of node N (1-3) of the cluster.
+galera_node_opts() {
+    local n=$1 lib
+    lib=$(galera_lib)
+    local base=$((galera_base_port + 100))
+    local peers="gcomm://127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2)),127.0.0.1:$((base + 3))"
+    echo --innodb-buffer-pool-size=32M --innodb-log-file-size=16M \
+        --binlog-format=ROW --default-storage-engine=InnoDB --innodb-autoinc-lock-mode=2 \
+        --wsrep-on=ON --wsrep-provider="$lib" --wsrep-cluster-name=ars_test \
+        --wsrep-node-name="node$n" --wsrep-node-address=127.0.0.1 \
+        --wsrep-sst-method=rsync \
+        "--wsrep-provider-options=gmcast.listen_addr=tcp://127.0.0.1:$((base + n));ist.recv_addr=127.0.0.1:$((base + 10 + n));gcache.size=32M;gcs.fc_limit=64" \
+        --wsrep-sst-receive-address="127.0.0.1:$((base + 20 + n))" \
+        --wsrep-cluster-address="$peers"
+}
+
+galera_size() {
+    my_client "$dir/galera1-run/mysqld.sock" -N -e "SHOW STATUS LIKE 'wsrep_cluster_size'" 2>/dev/null | awk '{print $2}'
+}
+
+galera_synced() {
+    local n=$1
+    [ "$(my_client "$dir/galera$n-run/mysqld.sock" -N -e "SHOW STATUS LIKE 'wsrep_local_state_comment'" 2>/dev/null | awk '{print $2}')" = Synced ]
+}
+
+start_galera() {
+    galera_lib >/dev/null || apt_install galera-4 rsync
+    command -v rsync >/dev/null || apt_install rsync
+    local running=0 n
+    for n in 1 2 3; do mariadb_pid "galera$n" >/dev/null && running=$((running + 1)); done
+    for n in 1 2 3; do
+        if mariadb_pid "galera$n" >/dev/null; then continue; fi
+        local extra=()
+        # With no node running, the first one bootstraps a new cluster (the
+        # others join it). A node that was the last to stop may bootstrap
+        # safely; mark it so after a crash.
+        if [ "$running" = 0 ] && [ "$n" = 1 ]; then
+            extra=(--wsrep-new-cluster)
+            [ -f "$dir/galera1/grastate.dat" ] && sed -i 's/^safe_to_bootstrap: 0/safe_to_bootstrap: 1/' "$dir/galera1/grastate.dat"
+        fi
+        # shellcheck disable=SC2046
+        start_mariadb_instance "galera$n" $((galera_base_port + n - 1)) $(galera_node_opts "$n") "${extra[@]}"
+        running=$((running + 1))
+        wait_for "galera node $n to sync" galera_synced "$n"
+    done
+    create_mariadb_users "$dir/galera1-run/mysqld.sock" ""
+    [ "$(galera_size)" = 3 ] || die "the Galera cluster has $(galera_size) nodes, not 3"
+}
+
+# ---------------------------------------------------------- status and stop
 status() {
-    local down=0
-    if pid=$(pg_pid); then echo "postgres: running on 127.0.0.1:$pg_port (pid $pid, data $dir/pg)"
-    else echo "postgres: not running"; down=1; fi
-    if pid=$(mariadb_pid); then echo "mariadb: running on 127.0.0.1:$my_port (pid $pid, data $dir/mysql)"
-    else echo "mariadb: not running"; down=1; fi
+    local down=0 pid
+    if pid=$(pg_pid postgres); then echo "postgres: running on 127.0.0.1:$pg_port (pid $pid)"; else echo "postgres: not running"; down=1; fi
+    if pid=$(pg_pid postgres-tls); then echo "postgres-tls: running on localhost:$pg_tls_port (pid $pid)"; else echo "postgres-tls: not running"; down=1; fi
+    if pid=$(pgbouncer_pid); then echo "pgbouncer: running on 127.0.0.1:$pgbouncer_port (pid $pid)"; else echo "pgbouncer: not running"; down=1; fi
+    for name in mariadb mariadb-tls galera1 galera2 galera3; do
+        if pid=$(mariadb_pid "$name"); then echo "$name: running (pid $pid, data $dir/$name)"
+        elif [ "${name#galera}" = "$name" ] || [ -n "$galera" ]; then echo "$name: not running"; down=1
+        fi
+    done
+    echo "state: $dir"
     return $down
 }
 
 stop() {
-    local pid
-    if pg_pid >/dev/null; then
-        log "stopping PostgreSQL ($dir/pg)"
-        as_user postgres "$pg_bin/pg_ctl" -D "$dir/pg" -m fast -w -t 60 stop >/dev/null
+    local pid name
+    if pid=$(pgbouncer_pid); then
+        log "stopping PgBouncer (pid $pid)"; kill "$pid"
+        while alive "$pid"; do sleep 0.1; done
     fi
-    if pid=$(mariadb_pid); then
-        log "stopping MariaDB (pid $pid)"
-        kill "$pid"
-        # Until the process is gone, which is what stop promises.
-        while alive "$pid"; do sleep 0.2; done
-    fi
+    for name in postgres postgres-tls; do
+        if pg_pid "$name" >/dev/null; then
+            log "stopping $name"
+            as_user postgres "$pg_bin/pg_ctl" -D "$dir/$name" -m fast -w -t 60 stop >/dev/null
+        fi
+    done
+    # Galera nodes one at a time, node 1 last: it can then bootstrap again.
+    for name in galera3 galera2 galera1 mariadb mariadb-tls; do
+        if pid=$(mariadb_pid "$name"); then
+            log "stopping $name (pid $pid)"
+            kill "$pid"
+            # Until the process is gone, which is what stop promises.
+            while alive "$pid"; do sleep 0.2; done
+        fi
+    done
     log "stopped"
 }
 
@@ -205,14 +419,24 @@ case $command in
 esac
 
 start_postgres
+start_postgres_tls
+start_pgbouncer
 start_mariadb
+start_mariadb_tls
+if [ -n "$galera" ]; then start_galera; fi
 
-pg_url="postgres://postgres@127.0.0.1:$pg_port"
-my_url="mysql://langbot:langbot@127.0.0.1:$my_port"
-cat >"$dir/env" <<EOF
-export TEST_POSTGRES_URL=$pg_url
-export TEST_MYSQL_URL=$my_url
-EOF
-log "ready"
-echo "TEST_POSTGRES_URL=$pg_url"
-echo "TEST_MYSQL_URL=$my_url"
+tls=$dir/tls
+{
+    echo "TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:$pg_port"
+    echo "TEST_POSTGRES_TLS_URL=postgres://postgres@localhost:$pg_tls_port?sslmode=verify-full&sslrootcert=$tls/ca.crt"
+    echo "TEST_PGBOUNCER_URL=postgres://postgres@127.0.0.1:$pgbouncer_port?pooler=transaction"
+    echo "TEST_MYSQL_URL=mysql://langbot:langbot@127.0.0.1:$my_port"
+    echo "TEST_MYSQL_TLS_URL=mysql://langbot:langbot@localhost:$my_tls_port?ssl-mode=VERIFY_IDENTITY&ssl-ca=$tls/ca.crt"
+    echo "TEST_TLS_DIR=$tls"
+    if [ -n "$galera" ]; then
+        echo "TEST_GALERA_URLS=mysql://langbot:langbot@127.0.0.1:$galera_base_port,mysql://langbot:langbot@127.0.0.1:$((galera_base_port + 1)),mysql://langbot:langbot@127.0.0.1:$((galera_base_port + 2))"
+    fi
+} >"$dir/urls"
+sed "s/^\([A-Z_]*\)=\(.*\)$/export \1='\2'/" "$dir/urls" >"$dir/env"
+log "ready (state in $dir)"
+cat "$dir/urls"

@@ -31,7 +31,7 @@ fi
 
 # Captured first: a failure inside `eval "$(...)"` would not stop the script.
 urls=$(scripts/test-dbs.sh)
-eval "$(printf '%s\n' "$urls" | sed 's/^/export /')"
+eval "$(printf '%s\n' "$urls" | sed "s/^\([A-Z_]*\)=\(.*\)$/export \1='\2'/")"
 cargo build --workspace --bins --quiet
 export TEST_BINARIES_BUILT=1
 # Doctests (the crate READMEs) are not run by nextest.

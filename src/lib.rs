@@ -69,6 +69,33 @@ impl Backend {
     }
 }
 
+/// How a test reaches its server: directly, over TLS only, or through a
+/// transaction pooler. Scenarios written once run on each
+/// ([`on_every_topology!`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topology {
+    /// A plain connection (SQLite: its file).
+    Direct,
+    /// A TLS-only server, reached with full verification
+    /// (`TEST_POSTGRES_TLS_URL`, `TEST_MYSQL_TLS_URL`).
+    Tls,
+    /// PgBouncer in transaction mode in front of the test PostgreSQL
+    /// (`TEST_PGBOUNCER_URL`, with `pooler=transaction`).
+    Pooler,
+}
+
+impl Topology {
+    /// The variable that holds the base URL of `backend` on this topology.
+    fn env_var(self, backend: Backend) -> &'static str {
+        match (self, backend) {
+            (Self::Tls, Backend::Postgres) => "TEST_POSTGRES_TLS_URL",
+            (Self::Tls, Backend::MySql) => "TEST_MYSQL_TLS_URL",
+            (Self::Pooler, Backend::Postgres) => "TEST_PGBOUNCER_URL",
+            _ => backend.env_var(),
+        }
+    }
+}
+
 fn is_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
@@ -77,10 +104,21 @@ fn is_ci() -> bool {
 pub struct TestDb {
     /// The backend.
     pub backend: Backend,
-    /// URL of the test's own database.
+    /// How the code under test reaches it.
+    pub topology: Topology,
+    /// URL of the test's own database, as the code under test gets it
+    /// (through TLS or the pooler on those topologies).
     pub url: String,
-    /// A connection pool on it.
+    /// URL of the same database without the pooler in between: for setting
+    /// up and inspecting.
+    pub direct_url: String,
+    /// A connection pool on [`direct_url`](Self::direct_url), for setting up
+    /// and inspecting (and for code under test on the direct topologies).
     pub db: DatabaseConnection,
+    /// A connection pool on [`url`](Self::url): what the code under test
+    /// uses ([`store`](Self::store)); the same pool as `db` unless a pooler
+    /// sits in between.
+    pub app_db: DatabaseConnection,
     cleanup: Cleanup,
 }
 
@@ -113,13 +151,12 @@ fn unique_name(hint: &str) -> String {
     )
 }
 
-fn split_base(url: &str) -> &str {
-    // Base URLs name a server, not a database: drop a trailing path if given.
-    let after_scheme = url.find("://").map_or(0, |i| i + 3);
-    match url[after_scheme..].find('/') {
-        Some(slash) => &url[..after_scheme + slash],
-        None => url,
-    }
+/// `base` (a server URL, perhaps with a database and parameters) naming
+/// database `name` instead, its parameters kept.
+fn with_database(base: &str, name: &str) -> String {
+    let mut url = url::Url::parse(base).unwrap_or_else(|e| panic!("bad test URL {base}: {e}"));
+    url.set_path(&format!("/{name}"));
+    url.into()
 }
 
 impl TestDb {
@@ -129,10 +166,18 @@ impl TestDb {
     /// # Panics
     /// When the backend's URL is missing or the server does not answer.
     pub async fn new(backend: Backend, hint: &str) -> Option<Self> {
+        Self::on(backend, Topology::Direct, hint).await
+    }
+
+    /// As [`new`](Self::new), on `topology`.
+    ///
+    /// # Panics
+    /// When the topology's URL is missing or the server does not answer.
+    pub async fn on(backend: Backend, topology: Topology, hint: &str) -> Option<Self> {
         if !backend.selected() {
             return None;
         }
-        Some(Self::create(backend, hint, None).await)
+        Some(Self::create_on(backend, topology, hint, None).await)
     }
 
     /// A new, empty database on `backend`: a temp file for SQLite, else a
@@ -142,29 +187,48 @@ impl TestDb {
     /// # Panics
     /// When the backend's URL is missing or the server does not answer.
     pub async fn create(backend: Backend, hint: &str, base_url: Option<&str>) -> Self {
+        Self::create_on(backend, Topology::Direct, hint, base_url).await
+    }
+
+    async fn create_on(
+        backend: Backend,
+        topology: Topology,
+        hint: &str,
+        base_url: Option<&str>,
+    ) -> Self {
         let name = unique_name(hint);
-        let (url, cleanup) = match backend {
+        let base_of = |var: &str| {
+            base_url
+                .map(str::to_owned)
+                .or_else(|| std::env::var(var).ok())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{var} is not set: start the test databases with scripts/test-dbs.sh \
+                         (or use scripts/test.sh), or narrow TEST_BACKENDS"
+                    )
+                })
+        };
+        let (url, direct_url, cleanup) = match backend {
             Backend::Sqlite => {
                 let path = std::env::temp_dir().join(format!("{name}.db"));
                 let url = format!("sqlite://{}?mode=rwc", path.display());
-                (url, Cleanup::File(path))
+                (url.clone(), url, Cleanup::File(path))
             }
             Backend::Postgres | Backend::MySql => {
-                let var = backend.env_var();
-                let base = base_url
-                    .map(str::to_owned)
-                    .or_else(|| std::env::var(var).ok())
-                    .unwrap_or_else(|| {
-                        panic!(
-                            "{var} is not set: start the test databases with scripts/test-dbs.sh \
-                             (or use scripts/test.sh), or narrow TEST_BACKENDS"
-                        )
-                    });
-                let base = split_base(&base).to_owned();
-                let admin_url = match backend {
-                    Backend::Postgres => format!("{base}/postgres"),
-                    _ => format!("{base}/mysql"),
+                let base = base_of(topology.env_var(backend));
+                // Databases are made and dropped without the pooler between.
+                let server = match topology {
+                    Topology::Pooler => base_of(backend.env_var()),
+                    _ => base.clone(),
                 };
+                let admin_url = with_database(
+                    &server,
+                    if backend == Backend::Postgres {
+                        "postgres"
+                    } else {
+                        "mysql"
+                    },
+                );
                 let admin = service::connection::connect(&admin_url)
                     .await
                     .unwrap_or_else(|e| {
@@ -178,20 +242,52 @@ impl TestDb {
                     .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
                 admin.close().await.ok();
                 (
-                    format!("{base}/{name}"),
+                    with_database(&base, &name),
+                    with_database(&server, &name),
                     Cleanup::Database { admin_url, name },
                 )
             }
         };
-        let db = service::connection::connect(&url)
+        let app_db = service::connection::connect(&url)
             .await
             .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        let db = if direct_url == url {
+            app_db.clone()
+        } else {
+            service::connection::connect(&direct_url)
+                .await
+                .unwrap_or_else(|e| panic!("connect {direct_url}: {e}"))
+        };
         Self {
             backend,
+            topology,
             url,
+            direct_url,
             db,
+            app_db,
             cleanup,
         }
+    }
+
+    /// The pooler the code under test goes through.
+    pub fn pooler(&self) -> service::connection::Pooler {
+        match self.topology {
+            Topology::Pooler => service::connection::Pooler::Transaction,
+            _ => service::connection::Pooler::None,
+        }
+    }
+
+    /// The state store on [`app_db`](Self::app_db), set for the topology.
+    pub fn store(&self) -> service::StateStore<'_, DatabaseConnection> {
+        service::StateStore::new(&self.app_db).pooled(self.pooler())
+    }
+
+    /// A connection without the pooler in between, for setting up (running
+    /// migrations in-process) and inspecting. Close it when done.
+    pub async fn direct(&self) -> DatabaseConnection {
+        service::connection::connect(&self.direct_url)
+            .await
+            .unwrap_or_else(|e| panic!("connect {}: {e}", self.direct_url))
     }
 
     /// Runs `sql` (no parameters), panicking with the statement on error.
@@ -206,9 +302,7 @@ impl TestDb {
     /// tables before and after. Uses a connection of its own: a pooled one may
     /// hold a cached plan from before a column's type changed (PostgreSQL).
     pub async fn rows_as_text(&self, sql: &str) -> Vec<Vec<Option<String>>> {
-        let db = service::connection::connect(&self.url)
-            .await
-            .unwrap_or_else(|e| panic!("connect {}: {e}", self.url));
+        let db = self.direct().await;
         let rows = db
             .query_all_raw(Statement::from_string(db.get_database_backend(), sql))
             .await
@@ -376,7 +470,16 @@ where
     F: FnOnce(TestDb) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    match TestDb::new(backend, hint).await {
+    run_on_topology(backend, Topology::Direct, hint, scenario).await;
+}
+
+/// As [`run_on`], on `topology`.
+pub async fn run_on_topology<F, Fut>(backend: Backend, topology: Topology, hint: &str, scenario: F)
+where
+    F: FnOnce(TestDb) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    match TestDb::on(backend, topology, hint).await {
         Some(db) => scenario(db).await,
         // Never a pass for a test that did not run: scripts/test.sh turns
         // TEST_BACKENDS into a nextest filter, so left-out backends show as
@@ -407,6 +510,42 @@ macro_rules! on_every_backend {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn mysql() {
                 $crate::run_on($crate::Backend::MySql, stringify!($scenario), super::$scenario).await
+            }
+        }
+    )*};
+}
+
+/// As [`on_every_backend!`], and also on the production topologies: a
+/// TLS-only PostgreSQL and MariaDB (`name::postgres_tls`, `name::mysql_tls`)
+/// and PostgreSQL behind PgBouncer in transaction mode
+/// (`name::postgres_pgbouncer`).
+#[macro_export]
+macro_rules! on_every_topology {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                $crate::run_on($crate::Backend::Sqlite, stringify!($scenario), super::$scenario).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                $crate::run_on($crate::Backend::Postgres, stringify!($scenario), super::$scenario).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql() {
+                $crate::run_on($crate::Backend::MySql, stringify!($scenario), super::$scenario).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres_tls() {
+                $crate::run_on_topology($crate::Backend::Postgres, $crate::Topology::Tls, stringify!($scenario), super::$scenario).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql_tls() {
+                $crate::run_on_topology($crate::Backend::MySql, $crate::Topology::Tls, stringify!($scenario), super::$scenario).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres_pgbouncer() {
+                $crate::run_on_topology($crate::Backend::Postgres, $crate::Topology::Pooler, stringify!($scenario), super::$scenario).await
             }
         }
     )*};

@@ -3,7 +3,7 @@
 
 use std::process::{Command, Output};
 
-use agent_runner_state_tests::{TestDb, admin_bin, on_every_backend};
+use agent_runner_state_tests::{TestDb, admin_bin, on_every_topology};
 use migration::{Migrator, MigratorTrait};
 use serde_json::{Value, json};
 use service::{Actor, Binding, Event, IdentityColumns, Scope, StateContext, StateStore};
@@ -290,7 +290,7 @@ fn scope_key_matches_the_identity_functions() {
     assert_eq!(out, expected);
 }
 
-on_every_backend!(
+on_every_topology!(
     stats_list_and_export,
     get_by_key_and_by_identity,
     purge_is_exact_and_dry_by_default,

@@ -4,12 +4,16 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use agent_runner_state_tests::{Backend, TestDb, langbot_ddl, migration_bin, on_every_backend};
+use agent_runner_state_tests::{
+    Backend, TestDb, Topology, committed_rows, langbot_ddl, migration_bin, on_every_backend,
+    on_every_topology,
+};
 use migration::catalog;
-use migration::lock::{MYSQL_LOCK_NAME, PG_LOCK_KEY};
+use migration::lock::{LOCK_NAME, LOCK_TABLE};
 use migration::m20261125_000001_create_agent_runner_state::{
     INDEXES, LEGACY_SCOPE_KEY_INDEX, TABLE, UNIQUE_KEY,
 };
+use migration::m20261125_000002_port_legacy_runner_blocks::BACKUP_TABLE;
 use migration::{Migrator, MigratorTrait};
 
 fn migration(cwd: &Path, args: &[&str]) -> Output {
@@ -259,28 +263,14 @@ async fn eight_migrators_at_once(t: TestDb) {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// A lock held elsewhere makes `up` wait, then fail clearly at the timeout.
+/// A lock held elsewhere makes `up` wait, then fail clearly at the timeout;
+/// `lock status` shows the holder, `lock release` refuses a live lease and
+/// clears it with `--force`; then `up` runs.
 async fn lock_wait_times_out_clearly(t: TestDb) {
     use sea_orm::ConnectionTrait;
-    let dir = temp_dir(&format!("lock-{}", t.backend.name()));
-    let mut options = service::connection::connect_options(&t.url);
-    options.max_connections(1);
-    let holder = sea_orm::Database::connect(options).await.unwrap();
+    let dir = temp_dir(&format!("lock-{}-{:?}", t.backend.name(), t.topology));
+    let run = |args: &[&str]| migration(&dir, &[&["-u", t.url.as_str()], args].concat());
     let _file_lock = match t.backend {
-        Backend::Postgres => {
-            holder
-                .execute_unprepared(&format!("SELECT pg_advisory_lock({PG_LOCK_KEY})"))
-                .await
-                .unwrap();
-            None
-        }
-        Backend::MySql => {
-            holder
-                .execute_unprepared(&format!("SELECT GET_LOCK({MYSQL_LOCK_NAME}, 0)"))
-                .await
-                .unwrap();
-            None
-        }
         Backend::Sqlite => {
             let path = t
                 .url
@@ -292,22 +282,140 @@ async fn lock_wait_times_out_clearly(t: TestDb) {
             file.lock().unwrap();
             Some(file)
         }
+        _ => {
+            // A live lease of another migrator, an hour long.
+            let direct = t.direct().await;
+            migration::lock::ensure_table(&direct).await.unwrap();
+            direct
+                .execute_unprepared(&format!(
+                    "INSERT INTO {LOCK_TABLE} (name, holder, acquired_at_ms, expires_at_ms) \
+                     VALUES ('{LOCK_NAME}', 'other-host:42:cafe', 0, 99999999999999)"
+                ))
+                .await
+                .unwrap();
+            direct.close().await.ok();
+            None
+        }
     };
-    let out = migration(&dir, &["-u", &t.url, "--lock-timeout", "1", "up"]);
+    let out = run(&["--lock-timeout", "1", "up"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("waiting for its lock"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("waiting"), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("still holds the migration lock after 1s"),
         "{}",
         stderr(&out)
     );
     assert!(!catalog::table_exists(&t.db, TABLE).await.unwrap());
-    holder.close().await.unwrap();
+    if t.backend != Backend::Sqlite {
+        assert!(
+            stderr(&out).contains("other-host:42:cafe"),
+            "{}",
+            stderr(&out)
+        );
+        let out = run(&["lock", "status"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(
+            stdout(&out).contains("held by other-host:42:cafe"),
+            "{}",
+            stdout(&out)
+        );
+        let out = run(&["lock", "release"]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(stderr(&out).contains("has not expired"), "{}", stderr(&out));
+        let out = run(&["lock", "release", "--force"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(stdout(&out).contains("released the lock of other-host:42:cafe"));
+        let out = run(&["lock", "status"]);
+        assert!(stdout(&out).contains("free"), "{}", stdout(&out));
+        let out = run(&["up"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        // The lease is released at the end of a run.
+        assert!(stdout(&run(&["lock", "status"])).contains("free"));
+    }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A migrator SIGKILLed mid-migration leaves its lease; the next `up` takes
+/// over at once when it can see the holder's session is gone (direct
+/// connections), else when the lease runs out (through the pooler), never
+/// at the lock timeout, and finishes the job. On SQLite the OS releases the
+/// file lock at once.
+async fn killed_holder_blocks_at_most_one_lease(t: TestDb) {
+    t.create_langbot_schema().await;
+    let rows: Vec<(String, String)> = (0..6000)
+        .map(|i| {
+            (
+                format!("k-{i:05}"),
+                format!(r#"{{"ai": {{"runner": {{"runner": "local-agent"}}, "local-agent": {{"n": {i}}}}}}}"#),
+            )
+        })
+        .collect();
+    t.insert_pipelines(&rows).await;
+    let spawn = |args: &[&str]| {
+        let mut all = vec!["--lock-lease", "2", "--batch-size", "50"];
+        all.extend_from_slice(args);
+        Command::new(migration_bin())
+            .args(["-u", t.url.as_str()])
+            .args(all)
+            .current_dir(std::env::temp_dir())
+            .env_remove("DATABASE_URL")
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let direct = t.direct().await;
+    let child = spawn(&["up"]);
+    // Observed progress: some originals kept, so the port is under way.
+    // Through the pooler the run is one transaction, so nothing shows as
+    // committed: there the server session busy porting is the progress.
+    let progress = || async {
+        if t.topology == Topology::Pooler {
+            let busy = t
+                .rows_as_text(
+                    "SELECT pid FROM pg_stat_activity WHERE xact_start IS NOT NULL \
+                     AND query LIKE '%legacy_pipelines%' AND pid <> pg_backend_pid()",
+                )
+                .await;
+            busy.len() as u64
+        } else {
+            committed_rows(&direct, BACKUP_TABLE).await
+        }
+    };
+    let kill = agent_runner_state_tests::kill_when(child, 1, progress).await;
+    eprintln!("killed the holder at {kill:?}");
+    let sqlite = t.backend == Backend::Sqlite;
+    if !sqlite {
+        let status = migration(&std::env::temp_dir(), &["-u", &t.url, "lock", "status"]);
+        assert!(stdout(&status).contains("held by"), "{}", stdout(&status));
+    }
+    let out = spawn(&["--lock-timeout", "600", "up"])
+        .wait_with_output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Directly, the holder's session beacon is gone at once; through the
+    // pooler there is none, and the lease runs out.
+    let (takeover, other) = match t.topology {
+        Topology::Pooler => ("lease had expired: taking over", "session is gone"),
+        _ => ("session is gone: taking over", "lease had expired"),
+    };
+    assert_eq!(stderr(&out).contains(takeover), !sqlite, "{}", stderr(&out));
+    assert!(!stderr(&out).contains(other), "{}", stderr(&out));
+    assert_eq!(
+        t.migration_status().await.len(),
+        Migrator::migrations().len()
+    );
+    assert_eq!(
+        committed_rows(&direct, BACKUP_TABLE).await,
+        rows.len() as u64,
+        "the port finished: every config ported, its original kept"
+    );
+    if !sqlite {
+        let status = migration(&std::env::temp_dir(), &["-u", &t.url, "lock", "status"]);
+        assert!(stdout(&status).contains("free"), "{}", stdout(&status));
+    }
+    direct.close().await.ok();
 }
 
 async fn check_reports_drift(t: TestDb) {
@@ -411,9 +519,10 @@ async fn plan_prints_what_up_would_run(t: TestDb) {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-on_every_backend!(
+on_every_topology!(
     eight_migrators_at_once,
     lock_wait_times_out_clearly,
+    killed_holder_blocks_at_most_one_lease,
     check_reports_drift,
     plan_prints_what_up_would_run,
 );
@@ -475,4 +584,125 @@ fn wait_for_db_retries_then_fails_clearly() {
     assert!(last.starts_with("error: cannot connect to "), "{err}");
     assert!(last.contains("Connection refused"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The TLS-only servers' base URL with its query replaced by `query`.
+fn tls_url(var: &str, db: &str, query: &str) -> String {
+    let base =
+        std::env::var(var).unwrap_or_else(|_| panic!("{var} is not set: run scripts/test-dbs.sh"));
+    let mut url = url::Url::parse(&base).unwrap();
+    url.set_path(&format!("/{db}"));
+    url.set_query(Some(query).filter(|q| !q.is_empty()));
+    url.into()
+}
+
+fn tls_file(name: &str) -> String {
+    let dir =
+        std::env::var("TEST_TLS_DIR").expect("TEST_TLS_DIR is not set: run scripts/test-dbs.sh");
+    format!("{dir}/{name}")
+}
+
+/// TLS as users give it in URLs: a plain connection to a TLS-only server
+/// and a certificate that does not verify each fail with one line saying
+/// so; verified TLS and client certificates work.
+#[test]
+fn tls_urls_connect_or_say_why_not() {
+    let ca = tls_file("ca.crt");
+    let other = tls_file("other-ca.crt");
+    let (cert, key) = (tls_file("client.crt"), tls_file("client.key"));
+    let status = |url: String| {
+        let out = migration(&std::env::temp_dir(), &["-u", &url, "status"]);
+        (out.status.code(), stderr(&out), stdout(&out))
+    };
+    let pg = "TEST_POSTGRES_TLS_URL";
+    let my = "TEST_MYSQL_TLS_URL";
+    // Verified TLS: status answers (every migration pending on this database).
+    for url in [
+        tls_url(
+            pg,
+            "postgres",
+            &format!("sslmode=verify-full&sslrootcert={ca}"),
+        ),
+        tls_url(
+            pg,
+            "postgres",
+            &format!("sslmode=verify-ca&sslrootcert={ca}"),
+        ),
+        tls_url(pg, "postgres", "sslmode=require"),
+        tls_url(
+            my,
+            "mysql",
+            &format!("ssl-mode=VERIFY_IDENTITY&ssl-ca={ca}"),
+        ),
+        tls_url(my, "mysql", &format!("ssl-mode=VERIFY_CA&ssl-ca={ca}")),
+        tls_url(my, "mysql", "ssl-mode=REQUIRED"),
+    ] {
+        let (code, err, out) = status(url.clone());
+        assert_eq!(code, Some(3), "{url}: {err}{out}");
+    }
+    // Client certificates: certuser must present one.
+    let pg_cert = |q: &str| {
+        let mut u = url::Url::parse(&tls_url(pg, "postgres", q)).unwrap();
+        u.set_username("certuser").unwrap();
+        String::from(u)
+    };
+    let (code, err, _) = status(pg_cert(&format!(
+        "sslmode=verify-full&sslrootcert={ca}&sslcert={cert}&sslkey={key}"
+    )));
+    assert_eq!(code, Some(3), "{err}");
+    let (code, err, _) = status(pg_cert(&format!("sslmode=verify-full&sslrootcert={ca}")));
+    assert_eq!(code, Some(1), "{err}");
+    let my_cert = |q: &str| {
+        let mut u = url::Url::parse(&tls_url(my, "mysql", q)).unwrap();
+        u.set_username("certuser").unwrap();
+        u.set_password(None).unwrap();
+        String::from(u)
+    };
+    let (code, err, _) = status(my_cert(&format!(
+        "ssl-mode=VERIFY_IDENTITY&ssl-ca={ca}&ssl-cert={cert}&ssl-key={key}"
+    )));
+    assert_eq!(code, Some(3), "{err}");
+    let (code, err, _) = status(my_cert(&format!("ssl-mode=VERIFY_IDENTITY&ssl-ca={ca}")));
+    assert_eq!(code, Some(1), "{err}");
+
+    // A plain connection to a TLS-only server: one line that says TLS is
+    // required and how to ask for it.
+    for url in [
+        tls_url(pg, "postgres", "sslmode=disable"),
+        tls_url(my, "mysql", "ssl-mode=DISABLED"),
+    ] {
+        let (code, err, _) = status(url.clone());
+        assert_eq!(code, Some(1), "{url}: {err}");
+        assert!(err.contains("the server requires TLS"), "{url}: {err}");
+        assert!(err.contains("sslmode=verify-full"), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+    // A certificate that does not verify: against another CA, or (verify-full)
+    // for another host name.
+    for url in [
+        tls_url(
+            pg,
+            "postgres",
+            &format!("sslmode=verify-full&sslrootcert={other}"),
+        ),
+        tls_url(
+            my,
+            "mysql",
+            &format!("ssl-mode=VERIFY_IDENTITY&ssl-ca={other}"),
+        ),
+    ] {
+        let (code, err, _) = status(url.clone());
+        assert_eq!(code, Some(1), "{url}: {err}");
+        assert!(err.contains("certificate did not verify"), "{url}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+    let mut wrong_host = url::Url::parse(&tls_url(
+        pg,
+        "postgres",
+        &format!("sslmode=verify-full&sslrootcert={ca}"),
+    ))
+    .unwrap();
+    wrong_host.set_host(Some("127.0.0.2")).unwrap();
+    let (code, err, _) = status(wrong_host.into());
+    assert_eq!(code, Some(1), "{err}");
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use agent_runner_state_tests::{TestDb, on_every_backend, with_snapshots};
+use agent_runner_state_tests::{TestDb, on_every_topology, with_snapshots};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::TransactionTrait;
 use serde_json::{Value, json};
@@ -66,7 +66,7 @@ fn shared_snapshot(name: &str, value: String) {
 /// all backends.
 async fn uniform_semantics(t: TestDb) {
     migrated(&t).await;
-    let store = StateStore::new(&t.db);
+    let store = t.store();
     let c = ctx();
     let keys = [
         "key", "Key", "key ", "é", "e\u{301}", "b", "ä", "_", "a", "z", "B", "A", "a%b", "a_b",
@@ -105,7 +105,7 @@ async fn uniform_semantics(t: TestDb) {
 
 async fn big_values_round_trip_byte_for_byte(t: TestDb) {
     migrated(&t).await;
-    let store = StateStore::new(&t.db);
+    let store = t.store();
     let c = ctx();
     // Exactly 262,144 bytes serialised: mixed 1-, 2- and 4-byte characters.
     let unit = "aé🌍"; // 7 bytes
@@ -142,7 +142,7 @@ async fn big_values_round_trip_byte_for_byte(t: TestDb) {
 /// Refusals happen before any SQL: this database has no table at all, so a
 /// statement that ran would fail with a database error instead.
 async fn invalid_text_is_refused_before_sql(t: TestDb) {
-    let store = StateStore::new(&t.db);
+    let store = t.store();
     let c = ctx();
     let mut transcript = String::new();
     let mut record = |what: &str, r: Result<(), StateError>| {
@@ -211,7 +211,7 @@ async fn invalid_text_is_refused_before_sql(t: TestDb) {
 
 async fn hostile_keys_are_data(t: TestDb) {
     migrated(&t).await;
-    let store = StateStore::new(&t.db);
+    let store = t.store();
     let c = ctx();
     let hostile = [
         "'; DROP TABLE agent_runner_state; --",
@@ -245,7 +245,7 @@ async fn hostile_keys_are_data(t: TestDb) {
 
 async fn apply_update_checks_in_order(t: TestDb) {
     migrated(&t).await;
-    let store = StateStore::new(&t.db);
+    let store = t.store();
     let no_subject = ctx_for(&Event {
         subject: None,
         ..event()
@@ -315,7 +315,7 @@ async fn apply_update_checks_in_order(t: TestDb) {
 
 async fn snapshot_rules(t: TestDb) {
     migrated(&t).await;
-    let store = StateStore::new(&t.db);
+    let store = t.store();
     let c = ctx();
     for scope in Scope::ALL {
         store
@@ -406,7 +406,7 @@ async fn langbot_rows_read_back(t: TestDb) {
         ))
         .await;
     }
-    let store = StateStore::new(&t.db);
+    let store = t.store();
     assert_eq!(
         store.get(&c, Scope::Conversation, "py").await.unwrap(),
         Some(json!({"text": "héllo 🌍", "list": [1, 2.5, null], "nested": {"a": true}}))
@@ -499,7 +499,7 @@ async fn concurrent_sets_never_fail(t: TestDb) {
 
 async fn overwrite_moves_only_value_and_updated_at(t: TestDb) {
     migrated(&t).await;
-    let store = StateStore::new(&t.db);
+    let store = t.store();
     store
         .set(&ctx(), Scope::Conversation, "k", &json!(1))
         .await
@@ -538,7 +538,7 @@ async fn overwrite_moves_only_value_and_updated_at(t: TestDb) {
 
 async fn delete_list_limits_and_alias(t: TestDb) {
     migrated(&t).await;
-    let store = StateStore::new(&t.db);
+    let store = t.store();
     let c = ctx();
     for i in 0..150 {
         store
@@ -609,13 +609,7 @@ async fn works_inside_the_callers_transaction(t: TestDb) {
         .await
         .unwrap();
     txn.rollback().await.unwrap();
-    assert_eq!(
-        StateStore::new(&t.db)
-            .get(&c, Scope::Actor, "k")
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(t.store().get(&c, Scope::Actor, "k").await.unwrap(), None);
 
     let txn = t.db.begin().await.unwrap();
     StateStore::new(&txn)
@@ -624,15 +618,12 @@ async fn works_inside_the_callers_transaction(t: TestDb) {
         .unwrap();
     txn.commit().await.unwrap();
     assert_eq!(
-        StateStore::new(&t.db)
-            .get(&c, Scope::Actor, "k")
-            .await
-            .unwrap(),
+        t.store().get(&c, Scope::Actor, "k").await.unwrap(),
         Some(json!(2))
     );
 }
 
-on_every_backend!(
+on_every_topology!(
     uniform_semantics,
     big_values_round_trip_byte_for_byte,
     invalid_text_is_refused_before_sql,

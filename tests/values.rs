@@ -5,14 +5,13 @@
 //! shape round-trip through `set` and `get`; what cannot be represented is a
 //! typed error naming the key, never a changed or dropped value.
 
-use agent_runner_state_tests::{TestDb, on_every_backend};
+use agent_runner_state_tests::{TestDb, on_every_topology};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectionTrait, Statement};
 use serde_json::{Map, Value};
 use service::value::{MAX_VALUE_DEPTH, ValueError, decode};
 use service::{
     Actor, Binding, Event, IdentityColumns, Scope, StateContext, StateError, StatePolicy,
-    StateStore,
 };
 
 fn ctx() -> StateContext {
@@ -178,7 +177,7 @@ async fn python_texts_read_back_exactly(t: TestDb) {
     for (i, (text, _)) in cases.iter().enumerate() {
         insert_as_langbot(&t, &c, &format!("py-{i:04}"), text).await;
     }
-    let store = StateStore::new(&t.db);
+    let store = t.store();
     let mut failures = Vec::new();
     for (i, (text, expected)) in cases.iter().enumerate() {
         let got = store
@@ -331,7 +330,7 @@ async fn random_values_round_trip(t: TestDb) {
     eprintln!("value seed {seed} (KILL_SEED={seed} replays it)");
     let mut rng = Rng(seed);
     let c = ctx();
-    let store = StateStore::new(&t.db);
+    let store = t.store();
     let mut values: Vec<Value> = (0..300).map(|_| rng.value(0)).collect();
     for depth in [129, 500, MAX_VALUE_DEPTH - 1] {
         values.push(rng.deep(depth));
@@ -374,7 +373,7 @@ async fn random_values_round_trip(t: TestDb) {
 async fn unrepresentable_values_are_typed_errors(t: TestDb) {
     Migrator::up(&t.db, None).await.unwrap();
     let c = ctx();
-    let store = StateStore::new(&t.db);
+    let store = t.store();
     for (key, text) in [
         ("nan", "{\"x\": NaN}"),
         ("inf", "[Infinity]"),
@@ -406,7 +405,7 @@ async fn unrepresentable_values_are_typed_errors(t: TestDb) {
     }
 }
 
-on_every_backend!(
+on_every_topology!(
     python_texts_read_back_exactly,
     random_values_round_trip,
     unrepresentable_values_are_typed_errors,

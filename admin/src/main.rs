@@ -16,11 +16,17 @@ use clap::{Args, Parser, Subcommand};
 use entity::agent_runner_state::{COLUMN, Column, Entity, Model};
 use filter::Filter;
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Statement, TransactionTrait,
+    ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    Statement, TransactionSession, TransactionTrait,
 };
 use serde_json::{Value, json};
+use service::connection::{DbUrl, Pooler};
 use service::{Actor, Binding, Event, IdentityColumns, Scope, StateContext, StateStore, Subject};
+
+/// What the commands run on: the pool, or (behind a transaction pooler) one
+/// transaction.
+trait Db: ConnectionTrait + TransactionTrait + 'static {}
+impl<T: ConnectionTrait + TransactionTrait + 'static> Db for T {}
 
 /// Rows fetched per round trip when streaming.
 const PAGE: u64 = 500;
@@ -192,22 +198,52 @@ async fn run(cli: Cli) -> Result<(), String> {
             "sqlite://agent_runner_state.db?mode=rw".to_owned()
         }
     };
+    let pooler = DbUrl::parse(&url)
+        .map_err(|e| format!("cannot connect: {e}"))?
+        .pooler();
     service::connection::probe(&url)
         .await
         .map_err(|cause| format!("cannot connect: {cause}"))?;
     let db = service::connection::connect(&url)
         .await
         .map_err(|e| format!("cannot connect: {e}"))?;
-    let result = match cli.command {
-        Command::Stats { json } => stats(&db, json).await,
-        Command::List(filter) => list(&db, &filter, false).await,
-        Command::Export(filter) => list(&db, &filter, true).await,
-        Command::Get(args) => get(&db, &args).await,
-        Command::Purge(args) => purge(&db, &args).await,
-        Command::ScopeKey(_) => Ok(()),
+    let result = if pooler == Pooler::Transaction {
+        // Through a transaction pooler, the whole command is one transaction
+        // that drops its prepared statements before it ends; the work runs in
+        // a savepoint, so that a failure can still drop them.
+        let txn = db.begin().await.map_err(db_err)?;
+        let work = txn.begin().await.map_err(db_err)?;
+        match execute(&work, cli.command).await {
+            Ok(()) => {
+                work.commit().await.map_err(db_err)?;
+                service::connection::end_pooled_transaction(txn)
+                    .await
+                    .map_err(db_err)
+            }
+            Err(e) => {
+                work.rollback().await.ok();
+                service::connection::abort_pooled_transaction(txn)
+                    .await
+                    .ok();
+                Err(e)
+            }
+        }
+    } else {
+        execute(&db, cli.command).await
     };
     db.close().await.ok();
     result
+}
+
+async fn execute<C: Db>(db: &C, command: Command) -> Result<(), String> {
+    match command {
+        Command::Stats { json } => stats(db, json).await,
+        Command::List(filter) => list(db, &filter, false).await,
+        Command::Export(filter) => list(db, &filter, true).await,
+        Command::Get(args) => get(db, &args).await,
+        Command::Purge(args) => purge(db, &args).await,
+        Command::ScopeKey(_) => Ok(()),
+    }
 }
 
 fn db_err(e: DbErr) -> String {
@@ -226,7 +262,7 @@ fn print_scope_keys(identity: &IdentityArgs) -> Result<(), String> {
     Ok(())
 }
 
-async fn stats(db: &DatabaseConnection, as_json: bool) -> Result<(), String> {
+async fn stats<C: Db>(db: &C, as_json: bool) -> Result<(), String> {
     // Bytes of UTF-8, as a 64-bit integer on every backend.
     let bytes = match db.get_database_backend() {
         DbBackend::Postgres => "CAST(COALESCE(SUM(octet_length(value_json)), 0) AS BIGINT)",
@@ -274,7 +310,7 @@ async fn stats(db: &DatabaseConnection, as_json: bool) -> Result<(), String> {
 }
 
 /// Streams the matching rows in id order, a page at a time.
-async fn for_each_row<F>(db: &DatabaseConnection, filter: &Filter, mut f: F) -> Result<u64, String>
+async fn for_each_row<C: Db, F>(db: &C, filter: &Filter, mut f: F) -> Result<u64, String>
 where
     F: FnMut(&Model) -> Result<(), String>,
 {
@@ -304,7 +340,7 @@ fn write_line(out: &mut impl Write, line: &str) -> Result<(), String> {
     writeln!(out, "{line}").map_err(|e| format!("write: {e}"))
 }
 
-async fn list(db: &DatabaseConnection, filter: &Filter, export: bool) -> Result<(), String> {
+async fn list<C: Db>(db: &C, filter: &Filter, export: bool) -> Result<(), String> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if !export {
@@ -370,7 +406,7 @@ fn export_line(row: &Model) -> Value {
     line
 }
 
-async fn get(db: &DatabaseConnection, args: &GetArgs) -> Result<(), String> {
+async fn get<C: Db>(db: &C, args: &GetArgs) -> Result<(), String> {
     let store = StateStore::new(db);
     let value = match (&args.scope_key, args.scope) {
         (Some(scope_key), _) => store.get_by_scope_key(scope_key, &args.key).await,
@@ -387,7 +423,7 @@ async fn get(db: &DatabaseConnection, args: &GetArgs) -> Result<(), String> {
     Ok(())
 }
 
-async fn purge(db: &DatabaseConnection, args: &PurgeArgs) -> Result<(), String> {
+async fn purge<C: Db>(db: &C, args: &PurgeArgs) -> Result<(), String> {
     let f = &args.filter;
     if f.actor_id.is_none() && f.conversation.is_none() && f.runner.is_none() && f.binding.is_none()
     {

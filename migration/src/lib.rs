@@ -3,6 +3,7 @@
 pub use sea_orm_migration::prelude::*;
 
 pub mod catalog;
+pub mod cli;
 pub mod lock;
 pub mod m20261125_000001_create_agent_runner_state;
 pub mod m20261125_000002_port_legacy_runner_blocks;

@@ -1,9 +1,24 @@
-//! Connecting with the settings this workspace relies on.
+//! Connecting with the settings this workspace relies on: one place that
+//! reads database URLs, for the deploy binary, `state-admin`, the bench and
+//! services.
+//!
+//! * **TLS** (rustls, no OpenSSL): PostgreSQL `sslmode` (`disable`, `prefer`,
+//!   `require`, `verify-ca`, `verify-full`) with `sslrootcert`, `sslcert`,
+//!   `sslkey`; MySQL/MariaDB `ssl-mode` (`DISABLED` ... `VERIFY_IDENTITY`)
+//!   with `ssl-ca`, `ssl-cert`, `ssl-key`. These are the drivers' own URL
+//!   parameters.
+//! * **Transaction poolers** (PgBouncer `pool_mode = transaction`): the URL
+//!   parameter `pooler=transaction` (this workspace's, removed before the
+//!   driver sees the URL). A transaction pooler hands each transaction to
+//!   any server connection, so no server-side prepared statement may outlive
+//!   its transaction, and no session state (locks, settings) survives one:
+//!   see [`Pooler`].
 
 use std::time::Duration;
 
+use sea_orm::sqlx;
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
 
 /// The embedded default: `agent_runner_state.db` in the working directory,
 /// created if missing.
@@ -12,10 +27,163 @@ pub const DEFAULT_SQLITE_URL: &str = "sqlite://agent_runner_state.db?mode=rwc";
 /// How long a SQLite writer waits for another before `SQLITE_BUSY`.
 pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The URL parameter that says a transaction pooler sits in front.
+pub const POOLER_PARAM: &str = "pooler";
+
+/// What sits between this process and the database server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Pooler {
+    /// A direct connection, or a session pooler: sessions are ours.
+    #[default]
+    None,
+    /// A transaction pooler (PgBouncer `pool_mode = transaction`): each
+    /// transaction may run on another server connection. The store then
+    /// sends its statements with the simple query protocol (no prepared
+    /// statements), and multi-statement work runs in one transaction that
+    /// drops its prepared statements before it ends
+    /// ([`end_pooled_transaction`]).
+    Transaction,
+}
+
+/// Why a URL cannot be used or a server cannot be reached: one line each,
+/// with the driver's error kept as the source.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// Not a URL at all.
+    #[error("the database URL is not a URL: {0}")]
+    BadUrl(#[source] url::ParseError),
+    /// A scheme this workspace does not speak.
+    #[error("unsupported URL scheme {0:?}: use postgres://, mysql:// or sqlite://")]
+    UnsupportedScheme(String),
+    /// `pooler=` with a value other than `transaction`, or on a backend
+    /// without transaction poolers.
+    #[error("unsupported {POOLER_PARAM}={0:?}: only pooler=transaction, on postgres:// URLs")]
+    BadPooler(String),
+    /// The server refuses connections without TLS.
+    #[error(
+        "the server requires TLS: add sslmode=verify-full&sslrootcert=<ca.crt> (PostgreSQL) or \
+         ssl-mode=VERIFY_IDENTITY&ssl-ca=<ca.crt> (MySQL/MariaDB) to the URL ({0})"
+    )]
+    TlsRequired(#[source] sqlx::Error),
+    /// The TLS handshake failed: most often the server's certificate does
+    /// not verify against the CA given, or not for this host name.
+    #[error(
+        "TLS failed: the server's certificate did not verify (check sslrootcert/ssl-ca and that \
+         the host name matches the certificate), or a client certificate is missing or wrong: {0}"
+    )]
+    Tls(#[source] sqlx::Error),
+    /// Anything else the driver says (refused, bad password, unknown
+    /// database...).
+    #[error("{0}")]
+    Driver(#[source] sqlx::Error),
+}
+
+/// A database URL, read once: the backend, the pooler, and the URL the
+/// driver gets (without this workspace's own parameters).
+#[derive(Clone, Debug)]
+pub struct DbUrl {
+    driver_url: String,
+    backend: DbBackend,
+    pooler: Pooler,
+}
+
+impl DbUrl {
+    /// Reads `text`.
+    ///
+    /// # Errors
+    /// Not a URL, an unsupported scheme, or a bad `pooler` parameter.
+    pub fn parse(text: &str) -> Result<Self, ConnectError> {
+        let scheme = text.split(':').next().unwrap_or_default();
+        let backend = match scheme {
+            "postgres" | "postgresql" => DbBackend::Postgres,
+            "mysql" | "mariadb" => DbBackend::MySql,
+            "sqlite" => DbBackend::Sqlite,
+            _ if !text.contains(':') => {
+                return Err(ConnectError::BadUrl(
+                    url::ParseError::RelativeUrlWithoutBase,
+                ));
+            }
+            other => return Err(ConnectError::UnsupportedScheme(other.to_owned())),
+        };
+        if backend == DbBackend::Sqlite {
+            // SQLite URLs name files (`sqlite::memory:`, relative paths)
+            // that are not URLs in the WHATWG sense: the driver reads them.
+            return Ok(Self {
+                driver_url: text.to_owned(),
+                backend,
+                pooler: Pooler::None,
+            });
+        }
+        let mut url = url::Url::parse(text).map_err(ConnectError::BadUrl)?;
+        let mut pooler = Pooler::None;
+        let mut kept = Vec::new();
+        for (key, value) in url.query_pairs() {
+            if key == POOLER_PARAM {
+                pooler = match (value.as_ref(), backend) {
+                    ("transaction", DbBackend::Postgres) => Pooler::Transaction,
+                    ("none" | "", _) => Pooler::None,
+                    _ => return Err(ConnectError::BadPooler(value.into_owned())),
+                };
+            } else {
+                kept.push((key.into_owned(), value.into_owned()));
+            }
+        }
+        if kept.is_empty() {
+            url.set_query(None);
+        } else {
+            url.query_pairs_mut().clear().extend_pairs(kept);
+        }
+        Ok(Self {
+            driver_url: url.into(),
+            backend,
+            pooler,
+        })
+    }
+
+    /// The URL the driver gets.
+    pub fn as_str(&self) -> &str {
+        &self.driver_url
+    }
+
+    /// The backend it names.
+    pub fn backend(&self) -> DbBackend {
+        self.backend
+    }
+
+    /// The pooler in front, as the URL says.
+    pub fn pooler(&self) -> Pooler {
+        self.pooler
+    }
+
+    /// The URL without its password, for messages.
+    pub fn redacted(&self) -> String {
+        redact(&self.driver_url)
+    }
+}
+
+/// `url` without its password, for messages (unchanged when it has none or
+/// is not a URL).
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.into()
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// Connect options for `url`: SQLite files in WAL mode with a busy timeout
-/// (several processes share them), no per-statement logging.
-pub fn connect_options(url: &str) -> ConnectOptions {
-    let mut opts = ConnectOptions::new(url.to_owned());
+/// (several processes share them), no per-statement logging; behind a
+/// transaction pooler, no statement cache (a cached statement would name a
+/// prepared statement that lives on another server connection).
+///
+/// # Errors
+/// As [`DbUrl::parse`].
+pub fn connect_options(url: &str) -> Result<ConnectOptions, ConnectError> {
+    let url = DbUrl::parse(url)?;
+    let mut opts = ConnectOptions::new(url.as_str().to_owned());
     opts.sqlx_logging(false)
         .connect_timeout(Duration::from_secs(10))
         .acquire_timeout(Duration::from_secs(30))
@@ -25,16 +193,21 @@ pub fn connect_options(url: &str) -> ConnectOptions {
                 .busy_timeout(SQLITE_BUSY_TIMEOUT)
                 .foreign_keys(true)
         });
-    opts
+    if url.pooler() == Pooler::Transaction {
+        opts.map_sqlx_postgres_opts(|o| o.statement_cache_capacity(0));
+    }
+    Ok(opts)
 }
 
 /// Options for a one-connection batch job (the migration binary): as
-/// [`connect_options`], with a pool of one (session locks need it) and, on
-/// SQLite, a 16 MiB page cache, in-memory temporary journals and rarer WAL
-/// checkpoints, which halve the time of a large data migration.
-pub fn batch_connect_options(url: &str) -> ConnectOptions {
-    let mut opts = connect_options(url);
-    // Never recycle the one connection: the migration lock lives in it.
+/// [`connect_options`], with a pool of one and, on SQLite, a 16 MiB page
+/// cache, in-memory temporary journals and rarer WAL checkpoints, which
+/// halve the time of a large data migration.
+///
+/// # Errors
+/// As [`DbUrl::parse`].
+pub fn batch_connect_options(url: &str) -> Result<ConnectOptions, ConnectError> {
+    let mut opts = connect_options(url)?;
     opts.max_connections(1)
         .min_connections(1)
         .max_lifetime(None)
@@ -47,19 +220,22 @@ pub fn batch_connect_options(url: &str) -> ConnectOptions {
                 .pragma("cache_size", "-16384")
                 .pragma("temp_store", "MEMORY")
         });
-    opts
+    Ok(opts)
 }
 
 /// Options for commands that only read (the migration binary's `status`,
 /// `plan`, `check`): one connection, and SQLite opened read-only without
 /// touching its journal mode, so that asking never changes the file.
-pub fn read_only_connect_options(url: &str) -> ConnectOptions {
-    let mut opts = connect_options(url);
+///
+/// # Errors
+/// As [`DbUrl::parse`].
+pub fn read_only_connect_options(url: &str) -> Result<ConnectOptions, ConnectError> {
+    let mut opts = connect_options(url)?;
     opts.max_connections(1)
         .map_sqlx_sqlite_opts(|o: SqliteConnectOptions| {
             o.read_only(true).busy_timeout(SQLITE_BUSY_TIMEOUT)
         });
-    opts
+    Ok(opts)
 }
 
 /// Connects to `url` with [`connect_options`].
@@ -67,41 +243,147 @@ pub fn read_only_connect_options(url: &str) -> ConnectOptions {
 /// # Errors
 /// The URL is malformed, the server is unreachable, or authentication fails.
 pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
-    Database::connect(connect_options(url)).await
+    let opts = connect_options(url).map_err(|e| DbErr::Custom(e.to_string()))?;
+    Database::connect(opts).await
 }
 
 /// Opens and closes one plain connection to `url`, to learn why a server
 /// cannot be reached: a pool only reports that it timed out.
 ///
 /// # Errors
-/// The driver's own error (malformed URL, refused connection, bad password,
-/// unknown database), as text.
-pub async fn probe(url: &str) -> Result<(), String> {
+/// A [`ConnectError`] that names the cause and keeps the driver's error.
+pub async fn probe(url: &str) -> Result<(), ConnectError> {
     use sea_orm::sqlx::{
         Connection, SqliteConnection, mysql::MySqlConnection, postgres::PgConnection,
     };
-    let scheme = url.split(':').next().unwrap_or_default();
-    let result = match scheme {
-        "postgres" | "postgresql" => match PgConnection::connect(url).await {
+    let url = DbUrl::parse(url)?;
+    let result = match url.backend() {
+        DbBackend::Postgres => match PgConnection::connect(url.as_str()).await {
             Ok(c) => c.close().await,
             Err(e) => Err(e),
         },
-        "mysql" | "mariadb" => match MySqlConnection::connect(url).await {
+        DbBackend::MySql => match MySqlConnection::connect(url.as_str()).await {
             Ok(c) => c.close().await,
+            // MariaDB answers a plain connection under
+            // require_secure_transport with "access denied", like a bad
+            // password: ask again over TLS to tell the two apart.
+            Err(e) if is_access_denied(&e) && tls_disabled(&url) => {
+                let with_tls = url
+                    .as_str()
+                    .replace("ssl-mode=DISABLED", "ssl-mode=REQUIRED");
+                match MySqlConnection::connect(&with_tls).await {
+                    Ok(c) => {
+                        c.close().await.ok();
+                        return Err(ConnectError::TlsRequired(e));
+                    }
+                    Err(_) => Err(e),
+                }
+            }
             Err(e) => Err(e),
         },
-        "sqlite" => match url.parse::<SqliteConnectOptions>() {
+        _ => match url.as_str().parse::<SqliteConnectOptions>() {
             Ok(o) => match SqliteConnection::connect_with(&o).await {
                 Ok(c) => c.close().await,
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),
         },
-        _ => {
-            return Err(format!(
-                "unsupported URL scheme {scheme:?}: use postgres://, mysql:// or sqlite://"
-            ));
-        }
     };
-    result.map_err(|e| e.to_string())
+    result.map_err(classify)
+}
+
+fn is_access_denied(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
+        .is_some_and(|m| m.number() == 1045)
+}
+
+fn tls_disabled(url: &DbUrl) -> bool {
+    url.as_str().contains("ssl-mode=DISABLED")
+}
+
+/// Names what a connection error means for the user.
+pub fn classify(e: sqlx::Error) -> ConnectError {
+    match &e {
+        sqlx::Error::Tls(_) => ConnectError::Tls(e),
+        sqlx::Error::Database(db) => {
+            let message = db.message();
+            // PostgreSQL: `hostnossl ... reject` says "no encryption";
+            // MySQL/MariaDB: `require_secure_transport`.
+            if message.contains("no encryption") || message.contains("insecure transport") {
+                ConnectError::TlsRequired(e)
+            } else {
+                ConnectError::Driver(e)
+            }
+        }
+        // The server closed the connection during a TLS handshake that a
+        // client certificate check refused.
+        sqlx::Error::Io(io) if io.to_string().contains("certificate") => ConnectError::Tls(e),
+        _ => ConnectError::Driver(e),
+    }
+}
+
+/// Ends a transaction that ran through a transaction pooler: drops every
+/// prepared statement it made (the driver names them, and the next client on
+/// this server connection would collide with them), then commits.
+///
+/// # Errors
+/// A database error; the transaction is then rolled back.
+pub async fn end_pooled_transaction(txn: sea_orm::DatabaseTransaction) -> Result<(), DbErr> {
+    use sea_orm::ConnectionTrait;
+    txn.execute_unprepared("DEALLOCATE ALL").await?;
+    txn.commit().await
+}
+
+/// Rolls back a transaction that ran through a transaction pooler, dropping
+/// its prepared statements first (they outlive a rollback). Only a
+/// transaction that is not in an aborted state can do so: run the work in a
+/// savepoint ([`sea_orm::TransactionTrait::begin`] on the transaction) and
+/// roll that back first.
+///
+/// # Errors
+/// A database error.
+pub async fn abort_pooled_transaction(txn: sea_orm::DatabaseTransaction) -> Result<(), DbErr> {
+    use sea_orm::ConnectionTrait;
+    let dropped = txn.execute_unprepared("DEALLOCATE ALL").await;
+    txn.rollback().await?;
+    dropped.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_read_once() {
+        let u = DbUrl::parse("postgres://u:secret@db:6432/app?pooler=transaction&sslmode=require")
+            .unwrap();
+        assert_eq!(u.pooler(), Pooler::Transaction);
+        assert_eq!(
+            u.as_str(),
+            "postgres://u:secret@db:6432/app?sslmode=require"
+        );
+        assert_eq!(u.redacted(), "postgres://u:***@db:6432/app?sslmode=require");
+        let u = DbUrl::parse("postgres://db/app?pooler=transaction").unwrap();
+        assert_eq!(u.as_str(), "postgres://db/app");
+        assert!(matches!(
+            DbUrl::parse("mysql://db/app?pooler=transaction"),
+            Err(ConnectError::BadPooler(_))
+        ));
+        assert!(matches!(
+            DbUrl::parse("postgres://db/app?pooler=session"),
+            Err(ConnectError::BadPooler(_))
+        ));
+        assert!(matches!(
+            DbUrl::parse("oracle://db"),
+            Err(ConnectError::UnsupportedScheme(s)) if s == "oracle"
+        ));
+        assert!(matches!(
+            DbUrl::parse("not a url"),
+            Err(ConnectError::BadUrl(_))
+        ));
+        let u = DbUrl::parse("sqlite://agent_runner_state.db?mode=rwc").unwrap();
+        assert_eq!(u.as_str(), "sqlite://agent_runner_state.db?mode=rwc");
+        assert_eq!(redact("mysql://root@db/x"), "mysql://root@db/x");
+    }
 }

@@ -91,6 +91,7 @@ pub type StateSnapshot = BTreeMap<Scope, BTreeMap<String, Value>>;
 pub struct StateStore<'c, C> {
     db: &'c C,
     retry: bool,
+    pooled: bool,
 }
 
 impl<'c, C> StateStore<'c, C>
@@ -103,6 +104,77 @@ where
         Self {
             db,
             retry: !in_transaction,
+            pooled: false,
+        }
+    }
+
+    /// The same store for a connection through a transaction pooler
+    /// ([`Pooler`](crate::connection::Pooler), from the URL's
+    /// `pooler=transaction`): on a PostgreSQL pool, each statement goes by
+    /// the simple query protocol, values inlined by SeaQuery's escaping, so
+    /// no prepared statement is left on a server connection another client
+    /// gets next. In the caller's transaction, statements run as usual; end
+    /// it with [`end_pooled_transaction`](crate::connection::end_pooled_transaction).
+    pub fn pooled(mut self, pooler: crate::connection::Pooler) -> Self {
+        self.pooled = pooler == crate::connection::Pooler::Transaction;
+        self
+    }
+
+    /// The sqlx pool to send simple-protocol statements to, when pooled.
+    fn simple_protocol_pool(&self) -> Option<&sea_orm::sqlx::PgPool> {
+        if !self.pooled {
+            return None;
+        }
+        let conn = (self.db as &dyn std::any::Any).downcast_ref::<sea_orm::DatabaseConnection>()?;
+        (conn.get_database_backend() == DbBackend::Postgres)
+            .then(|| conn.get_postgres_connection_pool())
+    }
+
+    /// Runs a statement that returns no rows.
+    async fn exec(&self, stmt: Statement) -> Result<u64, DbErr> {
+        match self.simple_protocol_pool() {
+            Some(pool) => sea_orm::sqlx::raw_sql(sea_orm::sqlx::AssertSqlSafe(stmt.to_string()))
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected())
+                .map_err(|e| DbErr::Exec(RuntimeErr::SqlxError(e.into()))),
+            None => Ok(self.db.execute_raw(stmt).await?.rows_affected()),
+        }
+    }
+
+    /// Runs a query whose columns are all text (nullable).
+    async fn query_texts(
+        &self,
+        stmt: Statement,
+        columns: usize,
+    ) -> Result<Vec<Vec<Option<String>>>, DbErr> {
+        match self.simple_protocol_pool() {
+            Some(pool) => {
+                use sea_orm::sqlx::Row;
+                let rows = sea_orm::sqlx::raw_sql(sea_orm::sqlx::AssertSqlSafe(stmt.to_string()))
+                    .fetch_all(pool)
+                    .await
+                    .map_err(|e| DbErr::Query(RuntimeErr::SqlxError(e.into())))?;
+                rows.iter()
+                    .map(|row| {
+                        (0..columns)
+                            .map(|i| row.try_get::<Option<String>, _>(i))
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| DbErr::Query(RuntimeErr::SqlxError(e.into())))
+            }
+            None => self
+                .db
+                .query_all_raw(stmt)
+                .await?
+                .iter()
+                .map(|row| {
+                    (0..columns)
+                        .map(|i| row.try_get_by_index::<Option<String>>(i))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .collect::<Result<Vec<_>, _>>(),
         }
     }
 
@@ -134,8 +206,7 @@ where
             value_json,
             now(self.db.get_database_backend()),
         );
-        self.retrying("set", || self.db.execute_raw(stmt.clone()))
-            .await?;
+        self.retrying("set", || self.exec(stmt.clone())).await?;
         Ok(())
     }
 
@@ -158,10 +229,12 @@ where
         validate_key(key)?;
         validate_text("scope_key", scope_key, 512)?;
         let stmt = get_statement(self.db.get_database_backend(), scope_key, key);
-        let stored: Option<String> = match self.db.query_all_raw(stmt).await?.first() {
-            Some(row) => row.try_get_by_index(0)?,
-            None => None,
-        };
+        let stored: Option<String> = self
+            .query_texts(stmt, 1)
+            .await?
+            .into_iter()
+            .next()
+            .and_then(|mut row| row.pop().flatten());
         match stored {
             None => Ok(None),
             Some(text) => {
@@ -184,15 +257,14 @@ where
         let scope_key = ctx.require_key(scope)?;
         let key = public_key(key);
         validate_key(key)?;
-        let removed = self
-            .retrying("delete", || {
-                Entity::delete_many()
-                    .filter(COLUMN.scope_key.eq(scope_key))
-                    .filter(COLUMN.state_key.eq(key))
-                    .exec(self.db)
-            })
-            .await?;
-        Ok(removed.rows_affected > 0)
+        let stmt = self.db.get_database_backend().build(
+            &Entity::delete_many()
+                .filter(COLUMN.scope_key.eq(scope_key))
+                .filter(COLUMN.state_key.eq(key))
+                .into_query(),
+        );
+        let removed = self.retrying("delete", || self.exec(stmt.clone())).await?;
+        Ok(removed > 0)
     }
 
     /// Keys of `scope` in code point order, optionally those starting with
@@ -218,13 +290,12 @@ where
             validate_key(prefix)?;
         }
         let stmt = list_statement(self.db.get_database_backend(), scope_key, prefix, limit + 1);
-        let mut keys = self
-            .db
-            .query_all_raw(stmt)
+        let mut keys: Vec<String> = self
+            .query_texts(stmt, 1)
             .await?
-            .iter()
-            .map(|row| row.try_get_by_index::<String>(0))
-            .collect::<Result<Vec<_>, _>>()?;
+            .into_iter()
+            .filter_map(|mut row| row.pop().flatten())
+            .collect();
         let has_more = keys.len() as u64 > limit;
         keys.truncate(limit as usize);
         Ok(KeyPage { keys, has_more })
@@ -254,19 +325,12 @@ where
             return Ok(snapshot);
         }
         let stmt = snapshot_statement(self.db.get_database_backend(), wanted.keys().copied());
-        let rows = self
-            .db
-            .query_all_raw(stmt)
-            .await?
-            .iter()
-            .map(|row| {
-                Ok::<_, DbErr>((
-                    row.try_get_by_index::<String>(0)?,
-                    row.try_get_by_index::<String>(1)?,
-                    row.try_get_by_index::<Option<String>>(2)?,
-                ))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let rows = self.query_texts(stmt, 3).await?.into_iter().map(|mut row| {
+            let value_json = row.pop().flatten();
+            let state_key = row.pop().flatten().unwrap_or_default();
+            let scope_key = row.pop().flatten().unwrap_or_default();
+            (scope_key, state_key, value_json)
+        });
         for (scope_key, state_key, value_json) in rows {
             let Some(scope) = wanted.get(scope_key.as_str()) else {
                 continue;

@@ -59,12 +59,37 @@ pub enum ValueError {
 pub fn decode(text: &str) -> Result<Value, ValueError> {
     // One pass over the text first: it finds what a JSON value would change
     // or could not hold, and bounds the depth the parser then recurses to.
-    scan(text.as_bytes())?;
-    let mut de = serde_json::Deserializer::from_str(text);
-    de.disable_recursion_limit();
-    let value = Value::deserialize(&mut de).map_err(ValueError::NotJson)?;
-    de.end().map_err(ValueError::NotJson)?;
-    Ok(value)
+    let depth = scan(text.as_bytes())?;
+    let parse = || {
+        let mut de = serde_json::Deserializer::from_str(text);
+        de.disable_recursion_limit();
+        let value = Value::deserialize(&mut de).map_err(ValueError::NotJson)?;
+        de.end().map_err(ValueError::NotJson)?;
+        Ok(value)
+    };
+    if depth > SHALLOW {
+        on_big_stack(parse)
+    } else {
+        parse()
+    }
+}
+
+/// Depth up to which values are parsed and written on the caller's stack.
+const SHALLOW: usize = 64;
+
+/// Runs `f` on a thread with a stack deep enough for [`MAX_VALUE_DEPTH`]
+/// levels of serde_json's recursion, whatever the caller's stack (a test
+/// thread's 2 MiB, a task deep in a future): only deep values pay for it.
+fn on_big_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("deep-json".into())
+            .stack_size(64 << 20)
+            .spawn_scoped(scope, f)
+            .expect("spawn a thread for a deeply nested value")
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 /// Writes a value as stored text (compact, as serde_json writes it).
@@ -79,7 +104,11 @@ pub fn encode(value: &Value) -> Result<String, ValueError> {
             max: MAX_VALUE_DEPTH,
         });
     }
-    Ok(value.to_string())
+    Ok(if depth > SHALLOW {
+        on_big_stack(|| value.to_string())
+    } else {
+        value.to_string()
+    })
 }
 
 /// Nesting depth of `value`, without recursion (a caller's value may be
@@ -104,10 +133,11 @@ pub fn depth_of(value: &Value) -> usize {
 }
 
 /// Finds, outside strings, nesting over the limit, non-finite number tokens
-/// and integers beyond 64 bits. Text that is not JSON at all is left for the
-/// parser to name.
-fn scan(bytes: &[u8]) -> Result<(), ValueError> {
+/// and integers beyond 64 bits, and returns the deepest nesting. Text that is
+/// not JSON at all is left for the parser to name.
+fn scan(bytes: &[u8]) -> Result<usize, ValueError> {
     let mut depth = 0usize;
+    let mut deepest = 0usize;
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
@@ -119,6 +149,7 @@ fn scan(bytes: &[u8]) -> Result<(), ValueError> {
             }
             b'[' | b'{' => {
                 depth += 1;
+                deepest = deepest.max(depth);
                 if depth > MAX_VALUE_DEPTH {
                     return Err(ValueError::TooDeep {
                         depth,
@@ -149,7 +180,7 @@ fn scan(bytes: &[u8]) -> Result<(), ValueError> {
         }
         i += 1;
     }
-    Ok(())
+    Ok(deepest)
 }
 
 /// An integer token (no fraction, no exponent) must fit `i64` or `u64`.
@@ -188,7 +219,7 @@ mod tests {
 
     #[test]
     fn deep_values_read_up_to_the_limit_on_a_small_stack() {
-        // Tokio's worker threads have 2 MiB of stack; test on one that size.
+        // On a stack the size of a tokio worker's (2 MiB).
         std::thread::Builder::new()
             .stack_size(2 << 20)
             .spawn(|| {

@@ -1,0 +1,596 @@
+//! The deploy binary's commands, as a library (`main.rs` only parses and
+//! calls [`main`]).
+//!
+//! It follows sea-orm-migration's command set, but not `cli::run_cli`
+//! itself: that panics when the server is unreachable, has no embedded
+//! default database, and its `fresh` drops every table in the schema, which on
+//! a database shared with LangBot is all of LangBot's data.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use sea_orm_migration::MigrationStatus;
+use sea_orm_migration::sea_orm::{
+    Database, DatabaseConnection, DatabaseExecutor, DbErr, TransactionTrait,
+};
+use service::connection::{
+    ConnectError, DEFAULT_SQLITE_URL, DbUrl, Pooler, batch_connect_options, probe,
+    read_only_connect_options, redact,
+};
+
+use crate::lock::{LockError, MigrationLock, sqlite_file};
+use crate::m20261125_000001_create_agent_runner_state::{Dialect, TABLE, drift};
+use crate::{Migrator, MigratorTrait, catalog};
+
+/// Why a command failed; printed as one line by [`main`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MigrateError {
+    /// The URL is unusable or the server cannot be reached.
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        /// The URL, without its password.
+        url: String,
+        /// Why.
+        #[source]
+        source: ConnectError,
+    },
+    /// The migration lock could not be had or was lost.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// `fresh`, `refresh` or `reset` beside tables this workspace does not own.
+    #[error(
+        "refusing `{command}`: the database also holds tables this workspace does not own ({tables}); \
+         rerun with --force to roll back only this workspace's migrations and tables"
+    )]
+    ForeignTables {
+        /// The command refused.
+        command: &'static str,
+        /// The other tables.
+        tables: String,
+    },
+    /// `--to` names no migration.
+    #[error("no migration named {name:?}; the migrations are: {known}")]
+    UnknownMigration {
+        /// The name given.
+        name: String,
+        /// Every migration's name.
+        known: String,
+    },
+    /// The database failed.
+    #[error("{}", one_line(.0))]
+    Db(#[from] DbErr),
+}
+
+fn one_line(e: &DbErr) -> String {
+    e.to_string().replace('\n', " ")
+}
+
+/// Parses nothing: runs the parsed command line, prints any error as one
+/// line (`error: ...`) and gives the exit code.
+pub async fn main(cli: Cli) -> ExitCode {
+    init_tracing(cli.verbose);
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Exit code of `status` (and `plan`) when migrations are pending.
+const EXIT_PENDING: u8 = 3;
+
+/// Exit code of `check` when the live schema differs.
+const EXIT_DRIFT: u8 = 4;
+
+/// The command line.
+#[derive(Parser)]
+#[command(
+    name = "migration",
+    version,
+    about = "Create, adopt and migrate LangBot's agent_runner_state table",
+    after_help = "Without DATABASE_URL or -u, uses the embedded SQLite file ./agent_runner_state.db.\n\
+                  Exit codes: 0 success; 1 error; 2 usage error; 3 `status` or `plan` found pending\n\
+                  migrations; 4 `check` found schema drift."
+)]
+pub struct Cli {
+    /// Database URL (postgres://, mysql://, sqlite://).
+    #[arg(short = 'u', long, env = "DATABASE_URL", global = true)]
+    database_url: Option<String>,
+
+    /// Keep retrying an unreachable server for this many seconds (a deploy
+    /// may start before its database); 0 tries once.
+    #[arg(
+        long,
+        env = "MIGRATION_WAIT_FOR_DB",
+        default_value_t = 0,
+        global = true
+    )]
+    wait_for_db: u64,
+
+    /// Wait at most this many seconds for another migration process (another
+    /// replica) to finish.
+    #[arg(
+        long,
+        env = "MIGRATION_LOCK_TIMEOUT",
+        default_value_t = 600,
+        global = true
+    )]
+    lock_timeout: u64,
+
+    /// How long the migration lock's lease lasts unless renewed (it is
+    /// renewed every third of it): the longest a crashed migrator can block
+    /// the next one.
+    #[arg(
+        long,
+        env = "MIGRATION_LOCK_LEASE",
+        default_value_t = crate::lock::DEFAULT_LEASE.as_secs_f64(),
+        global = true
+    )]
+    lock_lease: f64,
+
+    /// Rows per batch in the data migrations.
+    #[arg(long, env = "MIGRATION_BATCH_SIZE", default_value_t = crate::settings::DEFAULT_BATCH_SIZE, global = true)]
+    batch_size: u64,
+
+    /// Show debug messages.
+    #[arg(short = 'v', long, global = true)]
+    verbose: bool,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// The commands.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Apply pending migrations (the default).
+    Up {
+        /// Apply at most this many.
+        #[arg(short = 'n', long, conflicts_with = "to")]
+        num: Option<u32>,
+        /// Apply the pending migrations up to and including this one (by
+        /// name), never one after it.
+        #[arg(long, value_name = "MIGRATION")]
+        to: Option<String>,
+    },
+    /// Roll back applied migrations.
+    Down {
+        /// Roll back this many.
+        #[arg(short = 'n', long, default_value_t = 1, conflicts_with = "to")]
+        num: u32,
+        /// Roll back every applied migration after this one, and this one
+        /// (by name).
+        #[arg(long, value_name = "MIGRATION")]
+        to: Option<String>,
+    },
+    /// List applied and pending migrations without writing anything; exits 3
+    /// when any is pending.
+    Status,
+    /// Print the pending migrations and the statements they would run on
+    /// this database, without running them; exits 3 when any is pending.
+    Plan,
+    /// Compare the live agent_runner_state with the schema the migrations
+    /// produce; exits 4 and prints the differences when they differ.
+    Check,
+    /// Roll back every migration of this workspace, then apply them all.
+    Fresh(Guard),
+    /// Roll back every migration, then apply them all.
+    Refresh(Guard),
+    /// Roll back every migration and remove this workspace's history table.
+    Reset(Guard),
+    /// See or clear the migration lock by hand.
+    Lock {
+        /// What to do.
+        #[command(subcommand)]
+        action: LockAction,
+    },
+}
+
+/// `migration lock ...`
+#[derive(Subcommand)]
+pub enum LockAction {
+    /// Who holds the migration lock's lease, and until when.
+    Status,
+    /// Clear the lease of a migrator that is gone: only an expired lease,
+    /// unless --force.
+    Release {
+        /// Clear a lease that has not expired (its holder may still run!).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// The guard of the destructive commands.
+#[derive(clap::Args)]
+pub struct Guard {
+    /// Proceed although the database holds tables this workspace does not own
+    /// (LangBot's). Even then only this workspace's tables are dropped.
+    #[arg(long)]
+    force: bool,
+}
+
+/// Tables this workspace may create and drop. `agent_runner_state` is only
+/// dropped when the migration created it; an adopted one is handed back.
+const OWNED_TABLES: &[&str] = &[
+    "seaql_migrations",
+    crate::m20261125_000001_create_agent_runner_state::TABLE,
+    crate::m20261125_000001_create_agent_runner_state::ORIGIN_TABLE,
+    crate::m20261125_000002_port_legacy_runner_blocks::BACKUP_TABLE,
+    crate::m20261125_000003_rename_runner_ids::CONFIG_BACKUP_TABLE,
+    crate::m20261125_000003_rename_runner_ids::RENAME_LOG_TABLE,
+    crate::m20261125_000003_rename_runner_ids::CONFLICTS_TABLE,
+];
+
+fn init_tracing(verbose: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if verbose {
+        "debug"
+    } else {
+        "info,sqlx=warn,sea_orm=warn"
+    };
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, MigrateError> {
+    let url = match cli.database_url.filter(|u| !u.trim().is_empty()) {
+        Some(url) => url,
+        None => {
+            tracing::info!(
+                "no DATABASE_URL or -u given: using embedded SQLite ./agent_runner_state.db"
+            );
+            DEFAULT_SQLITE_URL.to_owned()
+        }
+    };
+    crate::settings::set_batch_size(cli.batch_size);
+    let command = cli.command.unwrap_or(Command::Up {
+        num: None,
+        to: None,
+    });
+    let read_only = matches!(
+        command,
+        Command::Status | Command::Plan | Command::Check | Command::Lock { .. }
+    );
+    let url = match sqlite_file(&url) {
+        // Asking must not create the database: a missing file is an empty one.
+        Some(path) if read_only && !path.exists() => {
+            tracing::info!(
+                "{} does not exist yet: reporting on an empty database",
+                path.display()
+            );
+            "sqlite::memory:".to_owned()
+        }
+        _ => url,
+    };
+    let connect_error = |source| MigrateError::Connect {
+        url: redact(&url),
+        source,
+    };
+    let pooler = DbUrl::parse(&url).map_err(connect_error)?.pooler();
+    wait_for_server(&url, Duration::from_secs(cli.wait_for_db))
+        .await
+        .map_err(connect_error)?;
+    let options = if read_only {
+        read_only_connect_options(&url)
+    } else {
+        batch_connect_options(&url)
+    }
+    .map_err(connect_error)?;
+    let db = Database::connect(options)
+        .await
+        .map_err(|e| MigrateError::Connect {
+            url: redact(&url),
+            source: ConnectError::Driver(sea_orm_migration::sea_orm::sqlx::Error::Protocol(
+                one_line(&e),
+            )),
+        })?;
+    let result = match command {
+        Command::Lock { action } => lock_command(&db, &url, pooler, action).await,
+        command if read_only => in_session(&db, pooler, command).await,
+        command => {
+            let lock = MigrationLock::acquire(
+                &url,
+                Duration::from_secs(cli.lock_timeout),
+                Duration::from_secs_f64(cli.lock_lease.max(0.3)),
+            )
+            .await?;
+            // The run stops when the lease is lost: another migrator owns
+            // the database now.
+            let result = tokio::select! {
+                result = in_session(&db, pooler, command) => result,
+                () = lock.lost() => Err(LockError::Lost.into()),
+            };
+            let released = lock.release().await;
+            let code = result?;
+            released?;
+            Ok(code)
+        }
+    };
+    db.close().await.ok();
+    result
+}
+
+/// Runs `command` on the connection; behind a transaction pooler, in one
+/// transaction that drops its prepared statements before it ends (the work
+/// itself runs in a savepoint, so that a failure can still drop them).
+async fn in_session(
+    db: &DatabaseConnection,
+    pooler: Pooler,
+    command: Command,
+) -> Result<ExitCode, MigrateError> {
+    if pooler != Pooler::Transaction {
+        return dispatch(db.into(), command).await;
+    }
+    tracing::info!("through a transaction pooler: the command runs as one transaction");
+    let txn = db.begin().await?;
+    let inner = txn.begin().await?;
+    let result = dispatch(DatabaseExecutor::Transaction(&inner), command).await;
+    match result {
+        Ok(code) => {
+            inner.commit().await?;
+            service::connection::end_pooled_transaction(txn).await?;
+            Ok(code)
+        }
+        Err(e) => {
+            inner.rollback().await.ok();
+            service::connection::abort_pooled_transaction(txn)
+                .await
+                .ok();
+            Err(e)
+        }
+    }
+}
+
+async fn dispatch(db: DatabaseExecutor<'_>, command: Command) -> Result<ExitCode, MigrateError> {
+    match command {
+        Command::Status | Command::Plan | Command::Check => report(db, command).await,
+        command => change(db, command).await,
+    }
+}
+
+/// The read-only commands.
+async fn report(db: DatabaseExecutor<'_>, command: Command) -> Result<ExitCode, MigrateError> {
+    match command {
+        Command::Status => status(&db).await,
+        Command::Plan => plan(&db).await,
+        Command::Check => check(&db).await,
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// `migration lock status|release`.
+async fn lock_command(
+    db: &DatabaseConnection,
+    url: &str,
+    pooler: Pooler,
+    action: LockAction,
+) -> Result<ExitCode, MigrateError> {
+    if sqlite_file(url).is_some() || url.starts_with("sqlite:") {
+        println!(
+            "SQLite: the migration lock is an OS lock on <database>.migration-lock; it is \
+             released when its holder ends, and needs no clearing"
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    match action {
+        LockAction::Status => match crate::lock::read_lock(db, pooler).await? {
+            None => println!("free: no migrator holds the lock"),
+            Some(row) if row.remaining_ms > 0 => println!(
+                "held by {} for {:.1}s; its lease ends in {:.1}s unless renewed",
+                row.holder,
+                row.held_for_ms as f64 / 1000.0,
+                row.remaining_ms as f64 / 1000.0
+            ),
+            Some(row) => println!(
+                "expired: {} took it {:.1}s ago and stopped renewing {:.1}s ago; the next \
+                 migrator takes it over",
+                row.holder,
+                row.held_for_ms as f64 / 1000.0,
+                -row.remaining_ms as f64 / 1000.0
+            ),
+        },
+        LockAction::Release { force } => match crate::lock::clear(db, pooler, force).await? {
+            None => println!("free: nothing to release"),
+            Some(row) => println!("released the lock of {}", row.holder),
+        },
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The commands that change the schema; run under the migration lock.
+async fn change(db: DatabaseExecutor<'_>, command: Command) -> Result<ExitCode, MigrateError> {
+    match command {
+        Command::Up { num, to: None } => Migrator::up(db, num).await?,
+        Command::Up { to: Some(name), .. } => match steps_up_to(&db, &name).await? {
+            0 => tracing::info!("{name} is already applied: nothing to do"),
+            steps => Migrator::up(db, Some(steps)).await?,
+        },
+        Command::Down { num, to: None } => Migrator::down(db, Some(num)).await?,
+        Command::Down { to: Some(name), .. } => match steps_down_to(&db, &name).await? {
+            0 => tracing::info!("{name} is not applied: nothing to roll back"),
+            steps => Migrator::down(db, Some(steps)).await?,
+        },
+        Command::Fresh(guard) => {
+            guard_foreign_tables(&db, &guard, "fresh").await?;
+            Migrator::reset(reborrow(&db)).await?;
+            Migrator::up(db, None).await?;
+        }
+        Command::Refresh(guard) => {
+            guard_foreign_tables(&db, &guard, "refresh").await?;
+            Migrator::refresh(db).await?;
+        }
+        Command::Reset(guard) => {
+            guard_foreign_tables(&db, &guard, "reset").await?;
+            Migrator::reset(db).await?;
+        }
+        Command::Status | Command::Plan | Command::Check | Command::Lock { .. } => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A second handle on the same connection or transaction.
+fn reborrow<'a>(db: &'a DatabaseExecutor<'_>) -> DatabaseExecutor<'a> {
+    match db {
+        DatabaseExecutor::Connection(c) => DatabaseExecutor::Connection(c),
+        DatabaseExecutor::Transaction(t) => DatabaseExecutor::Transaction(t),
+        DatabaseExecutor::OwnedTransaction(t) => DatabaseExecutor::Transaction(t),
+    }
+}
+
+/// How many pending migrations `up` must apply to reach `name` (0 when it is
+/// already applied).
+async fn steps_up_to(db: &DatabaseExecutor<'_>, name: &str) -> Result<u32, MigrateError> {
+    known_migration(name)?;
+    let pending = Migrator::get_pending_migrations(db).await?;
+    Ok(pending
+        .iter()
+        .position(|m| m.name() == name)
+        .map_or(0, |i| i as u32 + 1))
+}
+
+/// How many applied migrations `down` must roll back to undo `name` (0 when
+/// it is not applied).
+async fn steps_down_to(db: &DatabaseExecutor<'_>, name: &str) -> Result<u32, MigrateError> {
+    known_migration(name)?;
+    let applied = Migrator::get_applied_migrations(db).await?;
+    Ok(applied
+        .iter()
+        .rev()
+        .position(|m| m.name() == name)
+        .map_or(0, |i| i as u32 + 1))
+}
+
+fn known_migration(name: &str) -> Result<(), MigrateError> {
+    let names: Vec<String> = Migrator::migrations()
+        .iter()
+        .map(|m| m.name().to_owned())
+        .collect();
+    if names.iter().any(|n| n == name) {
+        Ok(())
+    } else {
+        Err(MigrateError::UnknownMigration {
+            name: name.to_owned(),
+            known: names.join(", "),
+        })
+    }
+}
+
+/// Prints the pending migrations and what each would run.
+async fn plan(db: &DatabaseExecutor<'_>) -> Result<ExitCode, MigrateError> {
+    let pending = Migrator::get_pending_migrations_read_only(db).await?;
+    if pending.is_empty() {
+        println!("nothing to do: every migration is applied");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for m in &pending {
+        println!("-- {}", m.name());
+        for line in crate::plan(db, m.name()).await? {
+            println!("{line}");
+        }
+    }
+    Ok(ExitCode::from(EXIT_PENDING))
+}
+
+/// Prints the schema drift of agent_runner_state, if any.
+async fn check(db: &DatabaseExecutor<'_>) -> Result<ExitCode, MigrateError> {
+    let dialect = Dialect::detect(db).await?;
+    let live = catalog::read_table(db, TABLE).await?;
+    let found = drift(dialect, live.as_ref());
+    for note in &found.notes {
+        println!("note: {note}");
+    }
+    if found.problems.is_empty() {
+        println!("{TABLE}: no drift");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{TABLE}: {} difference(s) from the migrated schema:",
+        found.problems.len()
+    );
+    for problem in &found.problems {
+        println!("  {problem}");
+    }
+    Ok(ExitCode::from(EXIT_DRIFT))
+}
+
+/// Tries a plain connection, with backoff until `patience` runs out, so that
+/// the error names the cause (refused, bad password...) rather than a pool
+/// timeout.
+async fn wait_for_server(url: &str, patience: Duration) -> Result<(), ConnectError> {
+    let deadline = Instant::now() + patience;
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match probe(url).await {
+            Ok(()) => return Ok(()),
+            // Waiting cannot mend a URL or a TLS setting.
+            Err(
+                e @ (ConnectError::BadUrl(_)
+                | ConnectError::UnsupportedScheme(_)
+                | ConnectError::BadPooler(_)
+                | ConnectError::Tls(_)
+                | ConnectError::TlsRequired(_)),
+            ) => return Err(e),
+            Err(cause) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(cause);
+                }
+                tracing::warn!(
+                    "database not reachable yet ({cause}); retrying for {}s more",
+                    left.as_secs()
+                );
+                tokio::time::sleep(delay.min(left)).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Prints each migration and whether it is applied; never writes (no
+/// history table is created by asking).
+async fn status(db: &DatabaseExecutor<'_>) -> Result<ExitCode, MigrateError> {
+    let migrations = Migrator::get_migration_with_status_read_only(db).await?;
+    let mut pending = 0;
+    for m in &migrations {
+        let status = m.status();
+        if status == MigrationStatus::Pending {
+            pending += 1;
+        }
+        println!("{status:<8} {}", m.name());
+    }
+    println!("{} applied, {pending} pending", migrations.len() - pending);
+    Ok(if pending > 0 {
+        ExitCode::from(EXIT_PENDING)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `fresh`, `refresh` and `reset` roll back this workspace's migrations;
+/// next to other tables (LangBot's), they want `--force` to say so.
+async fn guard_foreign_tables(
+    db: &DatabaseExecutor<'_>,
+    guard: &Guard,
+    command: &'static str,
+) -> Result<(), MigrateError> {
+    let foreign: Vec<String> = catalog::table_names(db)
+        .await?
+        .into_iter()
+        .filter(|t| !OWNED_TABLES.contains(&t.as_str()))
+        .collect();
+    if foreign.is_empty() || guard.force {
+        return Ok(());
+    }
+    Err(MigrateError::ForeignTables {
+        command,
+        tables: foreign.join(", "),
+    })
+}
