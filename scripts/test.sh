@@ -1,37 +1,52 @@
 #!/usr/bin/env bash
-# The test command: starts the test databases (installing MariaDB if needed),
+# The test command: starts the test databases (installing what is missing),
 # builds the binaries the tests run as processes, and runs every test on
-# SQLite, PostgreSQL and MariaDB. Extra arguments go to cargo nextest.
+# SQLite, PostgreSQL and MariaDB, directly and on the production topologies
+# (TLS-only servers, PgBouncer in transaction mode, a 3-node Galera cluster).
+# Extra arguments go to cargo nextest.
 #
 # TEST_BACKENDS=sqlite (comma-separated) narrows a local run: the other
 # backends' tests are filtered out and nextest reports them as skipped.
-# Refused under CI=true.
+# The Galera cluster starts under CI=true or TESTDB_GALERA=1; a local run
+# without it skips the *_galera tests and says so. Under CI=true nothing is
+# skipped: TEST_BACKENDS is refused and every topology must answer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-filter=()
+ci=false
+if [ "${CI:-}" = true ] || [ "${CI:-}" = 1 ]; then ci=true; fi
+excluded=()
 if [ -n "${TEST_BACKENDS:-}" ]; then
-    if [ "${CI:-}" = true ] || [ "${CI:-}" = 1 ]; then
+    if $ci; then
         echo "test.sh: CI=true runs every backend; unset TEST_BACKENDS" >&2
         exit 2
     fi
-    left_out=()
     for b in sqlite postgres mysql; do
         case ",${TEST_BACKENDS// /}," in
             *",$b,"*) ;;
-            *) left_out+=("test(/::$b\$/)") ;;
+            *) excluded+=("test(/::$b(_[a-z]+)?\$/)") ;;
         esac
     done
-    if [ ${#left_out[@]} -gt 0 ]; then
-        expr=$(IFS='|'; echo "${left_out[*]}")
-        filter=(-E "not (${expr//|/ | })")
-        echo "test.sh: TEST_BACKENDS=$TEST_BACKENDS: skipping ${left_out[*]}" >&2
-    fi
 fi
 
 # Captured first: a failure inside `eval "$(...)"` would not stop the script.
 urls=$(scripts/test-dbs.sh)
 eval "$(printf '%s\n' "$urls" | sed "s/^\([A-Z_]*\)=\(.*\)$/export \1='\2'/")"
+if [ -z "${TEST_GALERA_URLS:-}" ]; then
+    if $ci; then
+        echo "test.sh: CI=true but no Galera cluster was started" >&2
+        exit 1
+    fi
+    excluded+=("test(/_galera\$/)")
+fi
+
+filter=()
+if [ ${#excluded[@]} -gt 0 ]; then
+    expr=$(IFS='|'; echo "${excluded[*]}")
+    filter=(-E "not (${expr//|/ | })")
+    echo "test.sh: skipping ${excluded[*]} (nextest counts them as skipped)" >&2
+fi
+
 cargo build --workspace --bins --quiet
 export TEST_BINARIES_BUILT=1
 # Doctests (the crate READMEs) are not run by nextest.

@@ -82,6 +82,10 @@ pub enum Topology {
     /// PgBouncer in transaction mode in front of the test PostgreSQL
     /// (`TEST_PGBOUNCER_URL`, with `pooler=transaction`).
     Pooler,
+    /// A 3-node MariaDB Galera cluster (`TEST_GALERA_URLS`, one URL per
+    /// node): the code under test uses node 1; [`TestDb::node_urls`] names
+    /// every node.
+    Galera,
 }
 
 impl Topology {
@@ -91,6 +95,7 @@ impl Topology {
             (Self::Tls, Backend::Postgres) => "TEST_POSTGRES_TLS_URL",
             (Self::Tls, Backend::MySql) => "TEST_MYSQL_TLS_URL",
             (Self::Pooler, Backend::Postgres) => "TEST_PGBOUNCER_URL",
+            (Self::Galera, Backend::MySql) => "TEST_GALERA_URLS",
             _ => backend.env_var(),
         }
     }
@@ -215,7 +220,12 @@ impl TestDb {
                 (url.clone(), url, Cleanup::File(path))
             }
             Backend::Postgres | Backend::MySql => {
-                let base = base_of(topology.env_var(backend));
+                // TEST_GALERA_URLS names every node: node 1 first.
+                let base = base_of(topology.env_var(backend))
+                    .split(',')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
                 // Databases are made and dropped without the pooler between.
                 let server = match topology {
                     Topology::Pooler => base_of(backend.env_var()),
@@ -266,6 +276,22 @@ impl TestDb {
             db,
             app_db,
             cleanup,
+        }
+    }
+
+    /// The URL of this test's database on every node of its cluster (one
+    /// URL off a cluster).
+    pub fn node_urls(&self) -> Vec<String> {
+        match self.topology {
+            Topology::Galera => {
+                let name = url::Url::parse(&self.url).unwrap().path().to_owned();
+                std::env::var("TEST_GALERA_URLS")
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(|base| with_database(base, name.trim_start_matches('/')))
+                    .collect()
+            }
+            _ => vec![self.url.clone()],
         }
     }
 
@@ -516,9 +542,10 @@ macro_rules! on_every_backend {
 }
 
 /// As [`on_every_backend!`], and also on the production topologies: a
-/// TLS-only PostgreSQL and MariaDB (`name::postgres_tls`, `name::mysql_tls`)
-/// and PostgreSQL behind PgBouncer in transaction mode
-/// (`name::postgres_pgbouncer`).
+/// TLS-only PostgreSQL and MariaDB (`name::postgres_tls`, `name::mysql_tls`),
+/// PostgreSQL behind PgBouncer in transaction mode
+/// (`name::postgres_pgbouncer`) and node 1 of a MariaDB Galera cluster
+/// (`name::mysql_galera`).
 #[macro_export]
 macro_rules! on_every_topology {
     ($($scenario:ident),* $(,)?) => {$(
@@ -546,6 +573,24 @@ macro_rules! on_every_topology {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres_pgbouncer() {
                 $crate::run_on_topology($crate::Backend::Postgres, $crate::Topology::Pooler, stringify!($scenario), super::$scenario).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql_galera() {
+                $crate::run_on_topology($crate::Backend::MySql, $crate::Topology::Galera, stringify!($scenario), super::$scenario).await
+            }
+        }
+    )*};
+}
+
+/// Expands each `async fn name(db: TestDb)` into one test on the 3-node
+/// Galera cluster: `name::mysql_galera`.
+#[macro_export]
+macro_rules! on_galera {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql_galera() {
+                $crate::run_on_topology($crate::Backend::MySql, $crate::Topology::Galera, stringify!($scenario), super::$scenario).await
             }
         }
     )*};

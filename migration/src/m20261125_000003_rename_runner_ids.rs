@@ -129,13 +129,83 @@ async fn create_tables<C: ConnectionTrait>(db: &C) -> Result<(), DbErr> {
         .to_owned();
     db.execute(&log).await?;
     if !catalog::table_exists(db, CONFLICTS_TABLE).await? {
-        // The same columns as the state table, whatever their types there.
+        // The same columns as the state table, whatever their types there,
+        // with a primary key on the row's own id (Galera replicates only
+        // tables that have one).
+        match db.get_database_backend() {
+            DbBackend::MySql => {
+                db.execute_unprepared(&format!(
+                    "CREATE TABLE {CONFLICTS_TABLE} (PRIMARY KEY (id)) \
+                     SELECT * FROM agent_runner_state WHERE 1 = 0"
+                ))
+                .await?;
+            }
+            DbBackend::Postgres => {
+                db.execute_unprepared(&format!(
+                    "CREATE TABLE {CONFLICTS_TABLE} AS SELECT * FROM agent_runner_state WHERE 1 = 0"
+                ))
+                .await?;
+            }
+            _ => {
+                // SQLite cannot add a key later: declare the columns.
+                let columns = db
+                    .query_all_raw(Statement::from_string(
+                        DbBackend::Sqlite,
+                        "SELECT name, type FROM pragma_table_info('agent_runner_state') ORDER BY cid",
+                    ))
+                    .await?
+                    .iter()
+                    .map(|r| {
+                        let name: String = r.try_get_by_index(0)?;
+                        let ty: String = r.try_get_by_index(1)?;
+                        Ok(if name == "id" {
+                            "\"id\" INTEGER NOT NULL PRIMARY KEY".to_owned()
+                        } else {
+                            format!("\"{}\" {ty}", name.replace('"', "\"\""))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, DbErr>>()?;
+                db.execute_unprepared(&format!(
+                    "CREATE TABLE {CONFLICTS_TABLE} ({})",
+                    columns.join(", ")
+                ))
+                .await?;
+            }
+        }
+    }
+    // Also for a table made by an earlier version of this migration, which
+    // had no primary key.
+    if db.get_database_backend() != DbBackend::Sqlite
+        && !has_primary_key(db, CONFLICTS_TABLE).await?
+    {
         db.execute_unprepared(&format!(
-            "CREATE TABLE {CONFLICTS_TABLE} AS SELECT * FROM agent_runner_state WHERE 1 = 0"
+            "ALTER TABLE {CONFLICTS_TABLE} ADD PRIMARY KEY (id)"
         ))
         .await?;
     }
     Ok(())
+}
+
+/// Whether `table` has a primary key (PostgreSQL, MySQL).
+async fn has_primary_key<C: ConnectionTrait>(db: &C, table: &str) -> Result<bool, DbErr> {
+    let schema = match db.get_database_backend() {
+        DbBackend::Postgres => "current_schema()",
+        _ => "DATABASE()",
+    };
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            format!(
+                "SELECT COUNT(*) FROM information_schema.table_constraints WHERE table_schema = {schema} \
+                 AND table_name = '{table}' AND constraint_type = 'PRIMARY KEY'"
+            ),
+        ))
+        .await?;
+    Ok(row
+        .map(|r| r.try_get_by_index::<i64>(0))
+        .transpose()?
+        .unwrap_or(0)
+        > 0)
 }
 
 fn text(row: &QueryResult, i: usize) -> Result<Option<String>, DbErr> {
@@ -160,105 +230,28 @@ where
     };
     let started = Instant::now();
     let mut after = 0i64;
+    let mut attempt = 0;
     loop {
-        let txn = db.begin().await?;
-        let rows = txn
-            .query_all_raw(sql.stmt(
-                &format!(
-                    "SELECT {ROW_COLUMNS} FROM agent_runner_state WHERE id > ? ORDER BY id LIMIT {batch_size}{}",
-                    sql.lock()
-                ),
-                vec![after.into()],
-            ))
-            .await?;
-        let Some(last) = rows.last() else {
-            txn.commit().await?;
-            break;
-        };
-        after = last.try_get_by_index::<i32>(0)?.into();
-        for row in &rows {
-            summary.scanned += 1;
-            let id: i32 = row.try_get_by_index(0)?;
-            let identity = IdentityColumns {
-                runner_id: row.try_get_by_index(1)?,
-                binding_identity: row.try_get_by_index(2)?,
-                bot_id: text(row, 6)?,
-                workspace_id: text(row, 7)?,
-                conversation_id: text(row, 8)?,
-                thread_id: text(row, 9)?,
-                actor_type: text(row, 10)?,
-                actor_id: text(row, 11)?,
-                subject_type: text(row, 12)?,
-                subject_id: text(row, 13)?,
-            };
-            let scope: String = row.try_get_by_index(3)?;
-            let scope_key: String = row.try_get_by_index(4)?;
-            let state_key: String = row.try_get_by_index(5)?;
-            let Some(new) = rename_row(&RENAMES, &scope, &scope_key, &identity) else {
-                continue;
-            };
-            let taken = txn
-                .query_one_raw(sql.stmt(
-                    "SELECT id FROM agent_runner_state WHERE scope_key = ? AND state_key = ?",
-                    vec![new.scope_key.clone().into(), state_key.clone().into()],
-                ))
-                .await?
-                .map(|r| r.try_get_by_index::<i32>(0))
-                .transpose()?;
-            if taken.is_some_and(|other| other != id) {
-                // The existing row wins; this one is kept aside, whole.
-                txn.execute_raw(sql.stmt(
-                    &format!("INSERT INTO {CONFLICTS_TABLE} SELECT * FROM agent_runner_state WHERE id = ?"),
-                    vec![id.into()],
-                ))
-                .await?;
-                txn.execute_raw(sql.stmt(
-                    "DELETE FROM agent_runner_state WHERE id = ?",
-                    vec![id.into()],
-                ))
-                .await?;
-                summary.conflicts += 1;
-                tracing::warn!(
-                    row = id,
-                    %state_key,
-                    "renamed state row meets an existing row under its new key: the existing row \
-                     wins, this one is kept in {CONFLICTS_TABLE}"
-                );
-                continue;
+        // A batch that loses a conflict (a deadlock; on Galera, a
+        // certification conflict with another node's write, reported at
+        // commit) is rolled back whole: count it again from the start.
+        let mut counted = summary.clone();
+        match rename_batch(db, &sql, after, batch_size, &mut counted).await {
+            Ok(next) => {
+                summary = counted;
+                attempt = 0;
+                match next {
+                    Some(next) => after = next,
+                    None => break,
+                }
             }
-            let logged = txn
-                .query_one_raw(sql.stmt(
-                    &format!("SELECT id FROM {RENAME_LOG_TABLE} WHERE id = ?"),
-                    vec![id.into()],
-                ))
-                .await?;
-            if logged.is_none() {
-                txn.execute_raw(sql.stmt(
-                    &format!(
-                        "INSERT INTO {RENAME_LOG_TABLE} (id, runner_id, binding_identity, scope_key) VALUES (?, ?, ?, ?)"
-                    ),
-                    vec![
-                        id.into(),
-                        identity.runner_id.clone().into(),
-                        identity.binding_identity.clone().into(),
-                        scope_key.into(),
-                    ],
-                ))
-                .await?;
+            Err(e) if attempt < service::retry::MAX_RETRIES && service::retry::is_transient(&e) => {
+                attempt += 1;
+                tracing::warn!(attempt, error = %e, "runner id rename: a batch lost a write conflict; retrying it");
+                tokio::time::sleep(service::retry::backoff(attempt)).await;
             }
-            txn.execute_raw(sql.stmt(
-                "UPDATE agent_runner_state SET runner_id = ?, binding_identity = ?, scope_key = ? WHERE id = ?",
-                vec![
-                    new.runner_id.into(),
-                    new.binding_identity.into(),
-                    new.scope_key.into(),
-                    id.into(),
-                ],
-            ))
-            .await?;
-            summary.renamed += 1;
+            Err(e) => return Err(e),
         }
-        txn.commit().await?;
     }
     tracing::info!(
         "runner id rename in state rows done in {:.1}s: {} scanned, {} renamed, {} kept aside after conflicts",
@@ -268,6 +261,121 @@ where
         summary.conflicts
     );
     Ok(summary)
+}
+
+/// Renames one batch of state rows after id `after` in one transaction;
+/// the last id read, or `None` at the end of the table.
+async fn rename_batch<C>(
+    db: &C,
+    sql: &Sql,
+    after: i64,
+    batch_size: u64,
+    summary: &mut RenameSummary,
+) -> Result<Option<i64>, DbErr>
+where
+    C: ConnectionTrait + TransactionTrait,
+{
+    let txn = db.begin().await?;
+    let rows = txn
+        .query_all_raw(sql.stmt(
+            &format!(
+                "SELECT {ROW_COLUMNS} FROM agent_runner_state WHERE id > ? ORDER BY id LIMIT {batch_size}{}",
+                sql.lock()
+            ),
+            vec![after.into()],
+        ))
+        .await?;
+    let Some(last) = rows.last() else {
+        txn.commit().await?;
+        return Ok(None);
+    };
+    let next: i64 = last.try_get_by_index::<i32>(0)?.into();
+    for row in &rows {
+        summary.scanned += 1;
+        let id: i32 = row.try_get_by_index(0)?;
+        let identity = IdentityColumns {
+            runner_id: row.try_get_by_index(1)?,
+            binding_identity: row.try_get_by_index(2)?,
+            bot_id: text(row, 6)?,
+            workspace_id: text(row, 7)?,
+            conversation_id: text(row, 8)?,
+            thread_id: text(row, 9)?,
+            actor_type: text(row, 10)?,
+            actor_id: text(row, 11)?,
+            subject_type: text(row, 12)?,
+            subject_id: text(row, 13)?,
+        };
+        let scope: String = row.try_get_by_index(3)?;
+        let scope_key: String = row.try_get_by_index(4)?;
+        let state_key: String = row.try_get_by_index(5)?;
+        let Some(new) = rename_row(&RENAMES, &scope, &scope_key, &identity) else {
+            continue;
+        };
+        let taken = txn
+            .query_one_raw(sql.stmt(
+                "SELECT id FROM agent_runner_state WHERE scope_key = ? AND state_key = ?",
+                vec![new.scope_key.clone().into(), state_key.clone().into()],
+            ))
+            .await?
+            .map(|r| r.try_get_by_index::<i32>(0))
+            .transpose()?;
+        if taken.is_some_and(|other| other != id) {
+            // The existing row wins; this one is kept aside, whole.
+            txn.execute_raw(sql.stmt(
+                &format!(
+                    "INSERT INTO {CONFLICTS_TABLE} SELECT * FROM agent_runner_state WHERE id = ?"
+                ),
+                vec![id.into()],
+            ))
+            .await?;
+            txn.execute_raw(sql.stmt(
+                "DELETE FROM agent_runner_state WHERE id = ?",
+                vec![id.into()],
+            ))
+            .await?;
+            summary.conflicts += 1;
+            tracing::warn!(
+                row = id,
+                %state_key,
+                "renamed state row meets an existing row under its new key: the existing row \
+                 wins, this one is kept in {CONFLICTS_TABLE}"
+            );
+            continue;
+        }
+        let logged = txn
+            .query_one_raw(sql.stmt(
+                &format!("SELECT id FROM {RENAME_LOG_TABLE} WHERE id = ?"),
+                vec![id.into()],
+            ))
+            .await?;
+        if logged.is_none() {
+            txn.execute_raw(sql.stmt(
+                &format!(
+                    "INSERT INTO {RENAME_LOG_TABLE} (id, runner_id, binding_identity, scope_key) VALUES (?, ?, ?, ?)"
+                ),
+                vec![
+                    id.into(),
+                    identity.runner_id.clone().into(),
+                    identity.binding_identity.clone().into(),
+                    scope_key.into(),
+                ],
+            ))
+            .await?;
+        }
+        txn.execute_raw(sql.stmt(
+            "UPDATE agent_runner_state SET runner_id = ?, binding_identity = ?, scope_key = ? WHERE id = ?",
+            vec![
+                new.runner_id.into(),
+                new.binding_identity.into(),
+                new.scope_key.into(),
+                id.into(),
+            ],
+        ))
+        .await?;
+        summary.renamed += 1;
+    }
+    txn.commit().await?;
+    Ok(Some(next))
 }
 
 /// Undoes [`rename_state_rows`] exactly: logged rows get their former ids

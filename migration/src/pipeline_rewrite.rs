@@ -227,16 +227,33 @@ where
     let started = Instant::now();
     let mut last_progress = started;
     let mut after: Option<String> = None;
+    let mut attempt = 0;
     loop {
-        let batch = rewrite_batch(
+        // A batch that loses a conflict (a deadlock; on Galera, a
+        // certification conflict with a write on another node, reported at
+        // commit) is rolled back whole: count it again from the start.
+        let mut counted = summary.clone();
+        let batch = match rewrite_batch(
             db,
             rewrite,
             &target,
             after.as_deref(),
             batch_size,
-            &mut summary,
+            &mut counted,
         )
-        .await?;
+        .await
+        {
+            Ok(batch) => batch,
+            Err(e) if attempt < service::retry::MAX_RETRIES && service::retry::is_transient(&e) => {
+                attempt += 1;
+                tracing::warn!(attempt, error = %e, "{label}: a batch lost a write conflict; retrying it");
+                tokio::time::sleep(service::retry::backoff(attempt)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        attempt = 0;
+        summary = counted;
         let Some(last) = batch else { break };
         after = Some(last);
         if last_progress.elapsed() >= PROGRESS_EVERY {
@@ -362,40 +379,67 @@ where
     }
     let target = Target::detect(db).await?;
     let mut restored = 0;
+    let mut attempt = 0;
     loop {
-        let txn = db.begin().await?;
-        let select = Query::select()
-            .columns([uuid_col(), original_col()])
-            .from(backup(backup_table))
-            .order_by(uuid_col(), Order::Asc)
-            .limit(batch_size)
-            .to_owned();
-        let rows = txn.query_all(&select).await?;
-        if rows.is_empty() {
-            txn.commit().await?;
-            break;
-        }
-        let originals = rows
-            .iter()
-            .map(|r| Ok((r.try_get_by_index(0)?, r.try_get_by_index(1)?)))
-            .collect::<Result<Vec<(String, String)>, DbErr>>()?;
-        if catalog::table_exists(&txn, PIPELINES_TABLE).await? {
-            for chunk in chunks(&originals) {
-                txn.execute_raw(target.update(chunk)).await?;
+        match restore_batch(db, &target, backup_table, batch_size).await {
+            Ok(0) => break,
+            Ok(n) => {
+                restored += n;
+                attempt = 0;
             }
+            Err(e) if attempt < service::retry::MAX_RETRIES && service::retry::is_transient(&e) => {
+                attempt += 1;
+                tracing::warn!(attempt, error = %e, "restoring configs: a batch lost a write conflict; retrying it");
+                tokio::time::sleep(service::retry::backoff(attempt)).await;
+            }
+            Err(e) => return Err(e),
         }
-        let delete = Query::delete()
-            .from_table(backup(backup_table))
-            .and_where(Expr::col(uuid_col()).is_in(originals.iter().map(|(uuid, _)| uuid.clone())))
-            .to_owned();
-        txn.execute(&delete).await?;
-        txn.commit().await?;
-        restored += originals.len() as u64;
     }
     db.execute(&Table::drop().table(backup(backup_table)).to_owned())
         .await?;
     tracing::info!("{restored} pipeline configs restored from {backup_table}");
     Ok(restored)
+}
+
+/// Restores one batch of kept originals in one transaction and forgets
+/// them; how many (0 when none are left).
+async fn restore_batch<C>(
+    db: &C,
+    target: &Target,
+    backup_table: &str,
+    batch_size: u64,
+) -> Result<u64, DbErr>
+where
+    C: ConnectionTrait + TransactionTrait,
+{
+    let txn = db.begin().await?;
+    let select = Query::select()
+        .columns([uuid_col(), original_col()])
+        .from(backup(backup_table))
+        .order_by(uuid_col(), Order::Asc)
+        .limit(batch_size)
+        .to_owned();
+    let rows = txn.query_all(&select).await?;
+    if rows.is_empty() {
+        txn.commit().await?;
+        return Ok(0);
+    }
+    let originals = rows
+        .iter()
+        .map(|r| Ok((r.try_get_by_index(0)?, r.try_get_by_index(1)?)))
+        .collect::<Result<Vec<(String, String)>, DbErr>>()?;
+    if catalog::table_exists(&txn, PIPELINES_TABLE).await? {
+        for chunk in chunks(&originals) {
+            txn.execute_raw(target.update(chunk)).await?;
+        }
+    }
+    let delete = Query::delete()
+        .from_table(backup(backup_table))
+        .and_where(Expr::col(uuid_col()).is_in(originals.iter().map(|(uuid, _)| uuid.clone())))
+        .to_owned();
+    txn.execute(&delete).await?;
+    txn.commit().await?;
+    Ok(originals.len() as u64)
 }
 
 pub(crate) async fn count<C: ConnectionTrait>(db: &C, table: &str) -> Result<u64, DbErr> {

@@ -6,6 +6,7 @@ pub mod identity;
 pub mod legacy;
 pub mod policy;
 pub mod rename;
+pub mod retry;
 pub mod run;
 pub mod store;
 pub mod value;

@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::time::Duration;
 
 use chrono::{NaiveDateTime, SubsecRound, Utc};
 use entity::agent_runner_state::{self, ActiveModel, COLUMN, Entity};
@@ -38,8 +37,9 @@ pub const CONVERSATION_ID_KEY: &str = "conversation_id";
 /// Where that key is stored.
 pub const EXTERNAL_CONVERSATION_ID_KEY: &str = "external.conversation_id";
 
-/// How often a set is retried after a deadlock or lock timeout.
-const MAX_RETRIES: u32 = 5;
+/// How often a write is retried after a deadlock, a lock timeout or a
+/// Galera certification conflict.
+const MAX_RETRIES: u32 = crate::retry::MAX_RETRIES;
 
 /// The identity of one event for one runner: the row's context columns and
 /// the key of every scope that has its identity, computed once.
@@ -407,33 +407,15 @@ where
         let mut attempt = 0;
         loop {
             match op().await {
-                Err(e) if self.retry && attempt < MAX_RETRIES && is_transient(&e) => {
+                Err(e) if self.retry && attempt < MAX_RETRIES && crate::retry::is_transient(&e) => {
                     attempt += 1;
                     tracing::warn!(attempt, error = %e, "state {what} hit a lock conflict; retrying");
-                    tokio::time::sleep(Duration::from_millis(5 << attempt)).await;
+                    tokio::time::sleep(crate::retry::backoff(attempt)).await;
                 }
                 other => return other,
             }
         }
     }
-}
-
-/// Deadlock, lock wait timeout, serialization failure, or SQLite busy.
-fn is_transient(e: &DbErr) -> bool {
-    let (DbErr::Exec(RuntimeErr::SqlxError(err)) | DbErr::Query(RuntimeErr::SqlxError(err))) = e
-    else {
-        return false;
-    };
-    let Some(db_err) = err.as_database_error() else {
-        return false;
-    };
-    if let Some(my) = db_err.try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>() {
-        return matches!(my.number(), 1213 | 1205);
-    }
-    matches!(
-        db_err.code().as_deref(),
-        Some("40001" | "40P01" | "55P03" | "5" | "6" | "261" | "517")
-    )
 }
 
 /// `conversation_id` is the public name of `external.conversation_id`.

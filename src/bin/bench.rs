@@ -33,15 +33,35 @@ struct Args {
     backend: String,
     /// Server URL for postgres/mysql (a database is created on it and
     /// dropped); defaults to TEST_POSTGRES_URL / TEST_MYSQL_URL. SQLite uses
-    /// a temporary file in WAL mode.
+    /// a temporary file in WAL mode. Give it several times for the nodes of
+    /// one cluster (Galera): the database is made through the first, and the
+    /// concurrent workload's tasks are spread round-robin over all of them.
     #[arg(long)]
-    url: Option<String>,
+    url: Vec<String>,
     /// Timed runs per workload.
     #[arg(long, default_value_t = 5)]
     runs: usize,
 }
 
 const RUNNER: &str = "plugin:langbot/local-agent/default";
+
+/// Whether `--url` goes through a transaction pooler (`pooler=transaction`):
+/// then the store sends simple-protocol statements, and so does the floor.
+static POOLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn pooled() -> bool {
+    POOLED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The store on `db`, set for the pooler when there is one.
+fn store_on(db: &DatabaseConnection) -> StateStore<'_, DatabaseConnection> {
+    let pooler = if pooled() {
+        service::connection::Pooler::Transaction
+    } else {
+        service::connection::Pooler::None
+    };
+    StateStore::new(db).pooled(pooler)
+}
 
 fn value(i: usize, generation: usize) -> Value {
     json!({
@@ -193,11 +213,30 @@ mod floor {
                     }
                 }
 
+                /// Through a transaction pooler: the statement with its
+                /// values inlined, by the simple query protocol (as the
+                /// store sends it there).
+                fn inlined_sql(sql: &str, values: Vec<Value>) -> String {
+                    sea_orm::Statement::from_sql_and_values(
+                        sea_orm::DbBackend::Postgres,
+                        sql,
+                        values,
+                    )
+                    .to_string()
+                }
+
                 pub async fn set(
                     pool: &$pool,
                     sql: &Sql,
                     values: Vec<Value>,
                 ) -> Result<(), sqlx::Error> {
+                    if super::super::pooled() {
+                        let text = inlined_sql(&sql.upsert, values);
+                        return sqlx::raw_sql(sqlx::AssertSqlSafe(text))
+                            .execute(pool)
+                            .await
+                            .map(|_| ());
+                    }
                     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.upsert.clone()));
                     for v in values {
                         q = bind(q, v);
@@ -211,6 +250,20 @@ mod floor {
                     scope_key: &str,
                     key: &str,
                 ) -> Result<Option<String>, sqlx::Error> {
+                    if super::super::pooled() {
+                        use sqlx::Row;
+                        let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(inlined_sql(
+                            &sql.get,
+                            vec![scope_key.into(), key.into()],
+                        )))
+                        .fetch_all(pool)
+                        .await?;
+                        return rows
+                            .first()
+                            .map(|r| r.try_get::<Option<String>, _>(0))
+                            .transpose()
+                            .map(Option::flatten);
+                    }
                     sqlx::query_scalar::<_, Option<String>>(sqlx::AssertSqlSafe(sql.get.clone()))
                         .bind(scope_key)
                         .bind(key)
@@ -226,6 +279,14 @@ mod floor {
                     from: &str,
                     to: &str,
                 ) -> Result<Vec<String>, sqlx::Error> {
+                    if super::super::pooled() {
+                        use sqlx::Row;
+                        let text = inlined_sql(&sql.list, super::list_values(scope_key, from, to));
+                        let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(text))
+                            .fetch_all(pool)
+                            .await?;
+                        return rows.iter().map(|r| r.try_get::<String, _>(0)).collect();
+                    }
                     sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql.list.clone()))
                         .bind(scope_key)
                         .bind(from)
@@ -240,6 +301,14 @@ mod floor {
                     sql: &Sql,
                     keys: &[&str; 4],
                 ) -> Result<usize, sqlx::Error> {
+                    if super::super::pooled() {
+                        let values = keys.iter().map(|k| (*k).into()).collect();
+                        let text = inlined_sql(&sql.snapshot, values);
+                        return Ok(sqlx::raw_sql(sqlx::AssertSqlSafe(text))
+                            .fetch_all(pool)
+                            .await?
+                            .len());
+                    }
                     let rows: Vec<(String, String, Option<String>)> =
                         sqlx::query_as(sqlx::AssertSqlSafe(sql.snapshot.clone()))
                             .bind(keys[0])
@@ -272,6 +341,8 @@ macro_rules! floor_call {
 
 struct Bench {
     db: Arc<DatabaseConnection>,
+    /// The same database on every node given (just `db` off a cluster).
+    nodes: Vec<Arc<DatabaseConnection>>,
     sql: floor::Sql,
     run: usize,
 }
@@ -288,7 +359,7 @@ impl Bench {
     /// a_insert then a_overwrite on a fresh conversation: ops/s of each.
     async fn a(&self, n: usize, floor: bool) -> (f64, f64) {
         let ctx = context(&self.scope_for(floor, "a"), "u-1");
-        let store = StateStore::new(&*self.db);
+        let store = store_on(&self.db);
         let scope_key = ctx.scope_key(Scope::Conversation).unwrap().to_owned();
         let mut rates = Vec::new();
         for generation in 0..2 {
@@ -320,7 +391,7 @@ impl Bench {
 
     async fn b_get(&self, n: usize, floor: bool) -> f64 {
         let ctx = context(&self.scope_for(floor, "a"), "u-1");
-        let store = StateStore::new(&*self.db);
+        let store = store_on(&self.db);
         let scope_key = ctx.scope_key(Scope::Conversation).unwrap().to_owned();
         let started = Instant::now();
         for i in 0..n {
@@ -344,7 +415,7 @@ impl Bench {
     /// 1,000 keys in an actor scope, ten prefixes of 100.
     async fn seed_c(&self, floor: bool) -> StateContext {
         let ctx = context("c", &self.scope_for(floor, "c"));
-        let store = StateStore::new(&*self.db);
+        let store = store_on(&self.db);
         for k in 0..1000 {
             let key = format!("ns{}.{:03}", k % 10, k / 10);
             store
@@ -356,7 +427,7 @@ impl Bench {
     }
 
     async fn c_list(&self, ctx: &StateContext, n: usize, floor: bool) -> f64 {
-        let store = StateStore::new(&*self.db);
+        let store = store_on(&self.db);
         let scope_key = ctx.scope_key(Scope::Actor).unwrap().to_owned();
         let started = Instant::now();
         for k in 0..n {
@@ -381,7 +452,7 @@ impl Bench {
 
     async fn seed_d(&self, floor: bool) -> StateContext {
         let ctx = context(&self.scope_for(floor, "d"), &self.scope_for(floor, "d"));
-        let store = StateStore::new(&*self.db);
+        let store = store_on(&self.db);
         for scope in Scope::ALL {
             for k in 0..10 {
                 store
@@ -394,7 +465,7 @@ impl Bench {
     }
 
     async fn d_snapshot(&self, ctx: &StateContext, n: usize, floor: bool) -> f64 {
-        let store = StateStore::new(&*self.db);
+        let store = store_on(&self.db);
         let policy = StatePolicy::all_scopes();
         // In the store's order: its IN list follows the keys' sort order.
         let mut keys: Vec<&str> = Scope::ALL
@@ -421,25 +492,29 @@ impl Bench {
         let ctx = Arc::new(context("e", &format!("e-{floor}")));
         let scope_key = ctx.scope_key(Scope::Actor).unwrap().to_owned();
         self.db
-            .execute_raw(sea_orm::Statement::from_sql_and_values(
-                self.db.get_database_backend(),
-                match self.db.get_database_backend() {
-                    sea_orm::DbBackend::Postgres => {
-                        "DELETE FROM agent_runner_state WHERE scope_key = $1"
-                    }
-                    _ => "DELETE FROM agent_runner_state WHERE scope_key = ?",
-                },
-                [scope_key.clone().into()],
-            ))
+            .execute_unprepared(
+                &sea_orm::Statement::from_sql_and_values(
+                    self.db.get_database_backend(),
+                    match self.db.get_database_backend() {
+                        sea_orm::DbBackend::Postgres => {
+                            "DELETE FROM agent_runner_state WHERE scope_key = $1"
+                        }
+                        _ => "DELETE FROM agent_runner_state WHERE scope_key = ?",
+                    },
+                    [scope_key.clone().into()],
+                )
+                .to_string(),
+            )
             .await
             .unwrap();
         let started = Instant::now();
         let tasks: Vec<_> = (0..32)
             .map(|task| {
-                let (db, ctx, scope_key) = (self.db.clone(), ctx.clone(), scope_key.clone());
+                let db = self.nodes[task % self.nodes.len()].clone();
+                let (ctx, scope_key) = (ctx.clone(), scope_key.clone());
                 let sql = floor::Sql::new(db.get_database_backend(), ctx.columns());
                 tokio::spawn(async move {
-                    let store = StateStore::new(&*db);
+                    let store = store_on(&db);
                     let mut errors = 0;
                     for i in 0..per_task {
                         let key = format!("shared-{}", (task * 7 + i) % 50);
@@ -468,7 +543,7 @@ impl Bench {
             errors += t.await.unwrap();
         }
         let rate = (32 * per_task) as f64 / started.elapsed().as_secs_f64();
-        let page = StateStore::new(&*self.db)
+        let page = store_on(&self.db)
             .list(&ctx, Scope::Actor, Some("shared-"), None)
             .await
             .unwrap();
@@ -486,9 +561,35 @@ async fn main() {
         )
     });
     // A database of its own, dropped at the end (the test harness's).
-    let t = TestDb::create(backend, "bench_store", args.url.as_deref()).await;
+    if let Some(url) = args.url.first() {
+        let parsed = service::connection::DbUrl::parse(url).expect("a database URL");
+        POOLED.store(
+            parsed.pooler() == service::connection::Pooler::Transaction,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+    let t = TestDb::create(backend, "bench_store", args.url.first().map(String::as_str)).await;
     let db = Arc::new(t.db.clone());
-    Migrator::up(&*db, None).await.unwrap();
+    let mut nodes = vec![db.clone()];
+    for url in args.url.iter().skip(1) {
+        let mut node = url::Url::parse(url).expect("a node URL");
+        node.set_path(url::Url::parse(&t.url).expect("the test URL").path());
+        let conn = service::connection::connect(node.as_str())
+            .await
+            .unwrap_or_else(|e| panic!("connect {node}: {e}"));
+        nodes.push(Arc::new(conn));
+    }
+    if pooled() {
+        // Through the pooler: one transaction that drops its statements.
+        use sea_orm::TransactionTrait;
+        let txn = db.begin().await.unwrap();
+        Migrator::up(&txn, None).await.unwrap();
+        service::connection::end_pooled_transaction(txn)
+            .await
+            .unwrap();
+    } else {
+        Migrator::up(&*db, None).await.unwrap();
+    }
 
     let mut store: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut floor_rates: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
@@ -498,6 +599,7 @@ async fn main() {
         let scale = if warm_up { 10 } else { 1 };
         let bench = Bench {
             db: db.clone(),
+            nodes: nodes.clone(),
             sql: floor::Sql::new(
                 db.get_database_backend(),
                 context("sample", "u-1").columns(),

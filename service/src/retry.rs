@@ -1,0 +1,44 @@
+//! Which database errors are worth one more try, in one place: the store's
+//! writes and the data migrations' batches retry them, within a bound.
+//!
+//! * deadlocks: MySQL/MariaDB 1213, PostgreSQL `40P01`;
+//! * **Galera certification conflicts**: a transaction that lost the race to
+//!   another node's write fails at commit with 1213 ("Deadlock found when
+//!   trying to get lock; try restarting transaction");
+//! * lock wait timeouts (1205, `55P03`), serialization failures (`40001`),
+//!   SQLite busy and locked (5, 6, 261, 517).
+//!
+//! A caller's own transaction is never retried behind its back: only the
+//! caller can redo the whole of it.
+
+use std::time::Duration;
+
+use sea_orm::{DbErr, RuntimeErr};
+
+/// How many times a transient failure is retried.
+pub const MAX_RETRIES: u32 = 8;
+
+/// Whether `e` is a transient conflict: the same work may succeed if tried
+/// again.
+pub fn is_transient(e: &DbErr) -> bool {
+    let (DbErr::Exec(RuntimeErr::SqlxError(err)) | DbErr::Query(RuntimeErr::SqlxError(err))) = e
+    else {
+        return false;
+    };
+    let Some(db_err) = err.as_database_error() else {
+        return false;
+    };
+    if let Some(my) = db_err.try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>() {
+        return matches!(my.number(), 1213 | 1205);
+    }
+    matches!(
+        db_err.code().as_deref(),
+        Some("40001" | "40P01" | "55P03" | "5" | "6" | "261" | "517")
+    )
+}
+
+/// The pause before retry number `attempt` (1-based): 10 ms doubling, at
+/// most about 1.3 s, so that conflicting writers spread out.
+pub fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(5 << attempt.clamp(1, 8))
+}
