@@ -31,8 +31,8 @@ pub struct RunSession {
     pub run_id: String,
     /// The runner executing it.
     pub runner_id: String,
-    /// `author/name` of the plugin that owns the runner; when set, every call
-    /// must come from that plugin.
+    /// `author/name` of the plugin that owns the runner; when set and not
+    /// empty, every call must come from that plugin ([`RunSession::owner`]).
     pub plugin_identity: Option<String>,
     /// APIs granted to the run, e.g. `{"state": true}`.
     pub apis: BTreeMap<String, bool>,
@@ -40,6 +40,15 @@ pub struct RunSession {
     pub policy: StatePolicy,
     /// Scope keys and context columns, from the event and binding.
     pub context: StateContext,
+}
+
+impl RunSession {
+    /// The plugin every call must come from, if any. An empty identity counts
+    /// as none, as in LangBot's handler (`if session_plugin_identity:`), so a
+    /// session LangBot would serve to any caller is served here too.
+    pub fn owner(&self) -> Option<&str> {
+        self.plugin_identity.as_deref().filter(|s| !s.is_empty())
+    }
 }
 
 /// Why a run-scoped call was refused; the variants are in check order.
@@ -178,7 +187,7 @@ impl RunRegistry {
         let session = self
             .session(run_id)
             .ok_or_else(|| RunStateError::SessionNotFound(run_id.to_owned()))?;
-        if let Some(owner) = session.plugin_identity.as_deref() {
+        if let Some(owner) = session.owner() {
             match call.caller_plugin_identity.filter(|s| !s.is_empty()) {
                 None => return Err(RunStateError::CallerIdentityRequired(run_id.to_owned())),
                 Some(caller) if caller != owner => {
