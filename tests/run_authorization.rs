@@ -652,3 +652,91 @@ mod langbot_state_api_auth {
         assert_eq!(found, Some(json!("test_value")));
     }
 }
+
+/// LangBot's `test_handler_auth.py` identity and unregister scenarios, as
+/// state calls: the owner passes, another plugin and a caller without
+/// identity are refused, and an ended run is gone.
+mod langbot_handler_auth {
+    use super::*;
+
+    fn owned(run_id: &str) -> RunSession {
+        session(
+            run_id,
+            Variant {
+                identity: Some(OWNER),
+                state_api: Some(true),
+                enable_state: true,
+            },
+        )
+    }
+
+    fn call<'a>(run_id: &'a str, caller: Option<&'a str>) -> StateCall<'a> {
+        StateCall {
+            run_id: Some(run_id),
+            scope: Some("conversation"),
+            key: Some("k"),
+            caller_plugin_identity: caller,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn same_plugin_identity_allowed() {
+        let t = sqlite().await;
+        let r = RunRegistry::default();
+        r.register(owned("run_identity_match"));
+        assert_eq!(
+            r.get(&t.db, call("run_identity_match", Some(OWNER)))
+                .await
+                .unwrap(),
+            None
+        );
+        assert!(r.end("run_identity_match"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn different_plugin_identity_denied() {
+        let t = sqlite().await;
+        let r = RunRegistry::default();
+        r.register(owned("run_identity_mismatch"));
+        let err = r
+            .get(&t.db, call("run_identity_mismatch", Some(OTHER)))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, RunStateError::PluginIdentityMismatch(_)),
+            "{err}"
+        );
+        assert!(err.to_string().to_lowercase().contains("mismatch"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn run_id_requires_caller_identity() {
+        let t = sqlite().await;
+        let r = RunRegistry::default();
+        r.register(owned("run_no_caller_identity"));
+        let err = r
+            .get(&t.db, call("run_no_caller_identity", None))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("caller_plugin_identity is required"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unregister_removes_session() {
+        let t = sqlite().await;
+        let r = RunRegistry::default();
+        r.register(owned("run_unregister_test"));
+        assert!(r.session("run_unregister_test").is_some());
+        assert!(r.end("run_unregister_test"));
+        assert!(r.session("run_unregister_test").is_none());
+        let err = r
+            .get(&t.db, call("run_unregister_test", Some(OWNER)))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RunStateError::SessionNotFound(_)), "{err}");
+    }
+}
