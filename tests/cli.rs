@@ -706,3 +706,148 @@ fn tls_urls_connect_or_say_why_not() {
     let (code, err, _) = status(wrong_host.into());
     assert_eq!(code, Some(1), "{err}");
 }
+
+/// Log lines for collectors: plain text without a single escape byte when
+/// stderr is not a terminal, and with `--log-format json` one JSON object per
+/// line carrying the fields (migration, rows done) — the error line too.
+async fn logs_are_plain_or_json(t: TestDb) {
+    t.create_langbot_schema().await;
+    let rows: Vec<(String, String)> = (0..20)
+        .map(|i| {
+            (
+                format!("p-{i:02}"),
+                r#"{"ai": {"runner": {"runner": "local-agent"}}}"#.to_owned(),
+            )
+        })
+        .collect();
+    t.insert_pipelines(&rows).await;
+    let dir = temp_dir(&format!("logs-{}-{:?}", t.backend.name(), t.topology));
+    let run = |args: &[&str]| {
+        Command::new(migration_bin())
+            .args(["-u", t.url.as_str()])
+            .args(args)
+            .current_dir(&dir)
+            .env_remove("DATABASE_URL")
+            .env_remove("NO_COLOR")
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "--log-format",
+        "json",
+        "up",
+        "--to",
+        "m20261125_000002_port_legacy_runner_blocks",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut port_done = false;
+    for line in stderr(&out).lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string(),
+            "{line}"
+        );
+        assert!(v["fields"]["message"].is_string(), "{line}");
+        if v["fields"]["migration"] == "legacy runner port" {
+            port_done |= v["fields"]["rows_done"] == 20;
+        }
+    }
+    assert!(port_done, "no structured progress line: {}", stderr(&out));
+    // Text, stderr a pipe: no colour.
+    let out = run(&["up"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !out.stderr.contains(&0x1b),
+        "escape bytes in {:?}",
+        stderr(&out)
+    );
+    // The failure line is JSON too.
+    let out = Command::new(migration_bin())
+        .args(["-u", "oracle://nowhere", "--log-format", "json", "status"])
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let last = stderr(&out);
+    let v: serde_json::Value = serde_json::from_str(last.trim().lines().last().unwrap()).unwrap();
+    assert_eq!(v["level"], "ERROR");
+    assert!(
+        v["fields"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("unsupported URL scheme"),
+        "{v}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `status`, `plan` and `check` with `--format json`: one JSON document on
+/// stdout, the same exit codes as their text.
+async fn gates_print_json(t: TestDb) {
+    let dir = temp_dir(&format!("gates-{}", t.backend.name()));
+    let run = |args: &[&str]| migration(&dir, &[&["-u", t.url.as_str()], args].concat());
+    let json = |out: &Output| -> serde_json::Value {
+        serde_json::from_str(&stdout(out)).unwrap_or_else(|e| panic!("{e}: {}", stdout(out)))
+    };
+    let names: Vec<String> = Migrator::migrations()
+        .iter()
+        .map(|m| m.name().to_owned())
+        .collect();
+    let out = run(&["status", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(
+        json(&out),
+        serde_json::json!({"applied": [], "pending": names})
+    );
+    let out = run(&["plan", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let plan = json(&out);
+    assert_eq!(plan["pending"].as_array().unwrap().len(), names.len());
+    assert_eq!(plan["pending"][0]["name"], names[0].as_str());
+    assert!(
+        plan["pending"][0]["statements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s.as_str().unwrap().contains("CREATE TABLE")),
+        "{plan}"
+    );
+    assert!(run(&["up"]).status.success());
+    let out = run(&["status", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        json(&out),
+        serde_json::json!({"applied": names, "pending": []})
+    );
+    let out = run(&["plan", "--format", "json"]);
+    assert_eq!(
+        (out.status.code(), json(&out)),
+        (Some(0), serde_json::json!({"pending": []}))
+    );
+    let out = run(&["check", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(json(&out)["drift"], serde_json::json!([]));
+    t.exec(match t.backend {
+        Backend::MySql => "DROP INDEX ix_agent_runner_state_runner_id ON agent_runner_state",
+        _ => "DROP INDEX ix_agent_runner_state_runner_id",
+    })
+    .await;
+    let out = run(&["check", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stdout(&out));
+    let report = json(&out);
+    assert_eq!(report["table"], TABLE);
+    assert_eq!(
+        report["drift"],
+        serde_json::json!([{
+            "kind": "missing_index",
+            "object": "ix_agent_runner_state_runner_id",
+            "expected": "runner_id",
+            "actual": null,
+            "message": "index ix_agent_runner_state_runner_id (runner_id) is missing",
+        }])
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+on_every_backend!(logs_are_plain_or_json, gates_print_json);

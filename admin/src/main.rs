@@ -44,6 +44,16 @@ struct Cli {
     #[arg(short = 'u', long, env = "DATABASE_URL", global = true)]
     database_url: Option<String>,
 
+    /// Log lines on stderr as `text` (colour only on a terminal, never with
+    /// NO_COLOR) or `json` (one object per line).
+    #[arg(
+        long,
+        env = "STATE_ADMIN_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
+    log_format: service::logging::LogFormat,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -167,17 +177,17 @@ struct PurgeArgs {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let format = cli.log_format;
+    service::logging::init(format, "warn");
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("error: {message}");
+            match format {
+                service::logging::LogFormat::Text => eprintln!("error: {message}"),
+                service::logging::LogFormat::Json => {
+                    tracing::error!(error = %message, "the command failed");
+                }
+            }
             ExitCode::FAILURE
         }
     }

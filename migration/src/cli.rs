@@ -22,6 +22,7 @@ use service::connection::{
 use crate::lock::{LockError, MigrationLock, sqlite_file};
 use crate::m20261125_000001_create_agent_runner_state::{Dialect, TABLE, drift};
 use crate::{Migrator, MigratorTrait, catalog};
+use service::logging::LogFormat;
 
 /// Why a command failed; printed as one line by [`main`].
 #[derive(Debug, thiserror::Error)]
@@ -70,11 +71,15 @@ fn one_line(e: &DbErr) -> String {
 /// Parses nothing: runs the parsed command line, prints any error as one
 /// line (`error: ...`) and gives the exit code.
 pub async fn main(cli: Cli) -> ExitCode {
-    init_tracing(cli.verbose);
+    let format = cli.log_format;
+    init_tracing(cli.verbose, format);
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            match format {
+                LogFormat::Text => eprintln!("error: {e}"),
+                LogFormat::Json => tracing::error!(error = %e, "the command failed"),
+            }
             ExitCode::FAILURE
         }
     }
@@ -140,6 +145,16 @@ pub struct Cli {
     #[arg(short = 'v', long, global = true)]
     verbose: bool,
 
+    /// Log lines on stderr as `text` (colour only on a terminal, never with
+    /// NO_COLOR) or `json` (one object per line).
+    #[arg(
+        long,
+        env = "MIGRATION_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -169,13 +184,26 @@ pub enum Command {
     },
     /// List applied and pending migrations without writing anything; exits 3
     /// when any is pending.
-    Status,
+    Status {
+        /// `text`, or `json`: `{"applied": [names], "pending": [names]}`.
+        #[arg(long, value_enum, default_value_t)]
+        format: OutputFormat,
+    },
     /// Print the pending migrations and the statements they would run on
     /// this database, without running them; exits 3 when any is pending.
-    Plan,
+    Plan {
+        /// `text`, or `json`: `{"pending": [{"name", "statements"}]}`.
+        #[arg(long, value_enum, default_value_t)]
+        format: OutputFormat,
+    },
     /// Compare the live agent_runner_state with the schema the migrations
     /// produce; exits 4 and prints the differences when they differ.
-    Check,
+    Check {
+        /// `text`, or `json`: `{"table", "drift": [{"kind", "object",
+        /// "expected", "actual", "message"}], "notes": [...]}`.
+        #[arg(long, value_enum, default_value_t)]
+        format: OutputFormat,
+    },
     /// Roll back every migration of this workspace, then apply them all.
     Fresh(Guard),
     /// Roll back every migration, then apply them all.
@@ -225,19 +253,13 @@ const OWNED_TABLES: &[&str] = &[
     crate::m20261125_000003_rename_runner_ids::CONFLICTS_TABLE,
 ];
 
-fn init_tracing(verbose: bool) {
-    use tracing_subscriber::EnvFilter;
+fn init_tracing(verbose: bool, format: LogFormat) {
     let default = if verbose {
         "debug"
     } else {
         "info,sqlx=warn,sea_orm=warn"
     };
-    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    service::logging::init(format, default);
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, MigrateError> {
@@ -257,7 +279,10 @@ async fn run(cli: Cli) -> Result<ExitCode, MigrateError> {
     });
     let read_only = matches!(
         command,
-        Command::Status | Command::Plan | Command::Check | Command::Lock { .. }
+        Command::Status { .. }
+            | Command::Plan { .. }
+            | Command::Check { .. }
+            | Command::Lock { .. }
     );
     let url = match sqlite_file(&url) {
         // Asking must not create the database: a missing file is an empty one.
@@ -351,7 +376,9 @@ async fn in_session(
 
 async fn dispatch(db: DatabaseExecutor<'_>, command: Command) -> Result<ExitCode, MigrateError> {
     match command {
-        Command::Status | Command::Plan | Command::Check => report(db, command).await,
+        Command::Status { .. } | Command::Plan { .. } | Command::Check { .. } => {
+            report(db, command).await
+        }
         command => change(db, command).await,
     }
 }
@@ -359,9 +386,9 @@ async fn dispatch(db: DatabaseExecutor<'_>, command: Command) -> Result<ExitCode
 /// The read-only commands.
 async fn report(db: DatabaseExecutor<'_>, command: Command) -> Result<ExitCode, MigrateError> {
     match command {
-        Command::Status => status(&db).await,
-        Command::Plan => plan(&db).await,
-        Command::Check => check(&db).await,
+        Command::Status { format } => status(&db, format).await,
+        Command::Plan { format } => plan(&db, format).await,
+        Command::Check { format } => check(&db, format).await,
         _ => Ok(ExitCode::SUCCESS),
     }
 }
@@ -431,7 +458,10 @@ async fn change(db: DatabaseExecutor<'_>, command: Command) -> Result<ExitCode, 
             guard_foreign_tables(&db, &guard, "reset").await?;
             Migrator::reset(db).await?;
         }
-        Command::Status | Command::Plan | Command::Check | Command::Lock { .. } => {}
+        Command::Status { .. }
+        | Command::Plan { .. }
+        | Command::Check { .. }
+        | Command::Lock { .. } => {}
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -484,32 +514,62 @@ fn known_migration(name: &str) -> Result<(), MigrateError> {
 }
 
 /// Prints the pending migrations and what each would run.
-async fn plan(db: &DatabaseExecutor<'_>) -> Result<ExitCode, MigrateError> {
+async fn plan(db: &DatabaseExecutor<'_>, format: OutputFormat) -> Result<ExitCode, MigrateError> {
     let pending = Migrator::get_pending_migrations_read_only(db).await?;
-    if pending.is_empty() {
-        println!("nothing to do: every migration is applied");
-        return Ok(ExitCode::SUCCESS);
-    }
+    let mut planned = Vec::new();
     for m in &pending {
-        println!("-- {}", m.name());
-        for line in crate::plan(db, m.name()).await? {
-            println!("{line}");
+        planned.push((m.name().to_owned(), crate::plan(db, m.name()).await?));
+    }
+    match format {
+        OutputFormat::Json => print_json(&serde_json::json!({
+            "pending": planned
+                .iter()
+                .map(|(name, lines)| serde_json::json!({"name": name, "statements": lines}))
+                .collect::<Vec<_>>(),
+        })),
+        OutputFormat::Text if planned.is_empty() => {
+            println!("nothing to do: every migration is applied");
+        }
+        OutputFormat::Text => {
+            for (name, lines) in &planned {
+                println!("-- {name}");
+                for line in lines {
+                    println!("{line}");
+                }
+            }
         }
     }
-    Ok(ExitCode::from(EXIT_PENDING))
+    Ok(if planned.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_PENDING)
+    })
 }
 
 /// Prints the schema drift of agent_runner_state, if any.
-async fn check(db: &DatabaseExecutor<'_>) -> Result<ExitCode, MigrateError> {
+async fn check(db: &DatabaseExecutor<'_>, format: OutputFormat) -> Result<ExitCode, MigrateError> {
     let dialect = Dialect::detect(db).await?;
     let live = catalog::read_table(db, TABLE).await?;
     let found = drift(dialect, live.as_ref());
+    let code = if found.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_DRIFT)
+    };
+    if format == OutputFormat::Json {
+        print_json(&serde_json::json!({
+            "table": TABLE,
+            "drift": found.problems,
+            "notes": found.notes,
+        }));
+        return Ok(code);
+    }
     for note in &found.notes {
         println!("note: {note}");
     }
     if found.problems.is_empty() {
         println!("{TABLE}: no drift");
-        return Ok(ExitCode::SUCCESS);
+        return Ok(code);
     }
     println!(
         "{TABLE}: {} difference(s) from the migrated schema:",
@@ -518,7 +578,7 @@ async fn check(db: &DatabaseExecutor<'_>) -> Result<ExitCode, MigrateError> {
     for problem in &found.problems {
         println!("  {problem}");
     }
-    Ok(ExitCode::from(EXIT_DRIFT))
+    Ok(code)
 }
 
 /// Tries a plain connection, with backoff until `patience` runs out, so that
@@ -556,22 +616,42 @@ async fn wait_for_server(url: &str, patience: Duration) -> Result<(), ConnectErr
 
 /// Prints each migration and whether it is applied; never writes (no
 /// history table is created by asking).
-async fn status(db: &DatabaseExecutor<'_>) -> Result<ExitCode, MigrateError> {
+async fn status(db: &DatabaseExecutor<'_>, format: OutputFormat) -> Result<ExitCode, MigrateError> {
     let migrations = Migrator::get_migration_with_status_read_only(db).await?;
-    let mut pending = 0;
-    for m in &migrations {
-        let status = m.status();
-        if status == MigrationStatus::Pending {
-            pending += 1;
+    let (applied, pending): (Vec<_>, Vec<_>) = migrations
+        .iter()
+        .partition(|m| m.status() == MigrationStatus::Applied);
+    match format {
+        OutputFormat::Json => print_json(&serde_json::json!({
+            "applied": applied.iter().map(|m| m.name()).collect::<Vec<_>>(),
+            "pending": pending.iter().map(|m| m.name()).collect::<Vec<_>>(),
+        })),
+        OutputFormat::Text => {
+            for m in &migrations {
+                println!("{:<8} {}", m.status(), m.name());
+            }
+            println!("{} applied, {} pending", applied.len(), pending.len());
         }
-        println!("{status:<8} {}", m.name());
     }
-    println!("{} applied, {pending} pending", migrations.len() - pending);
-    Ok(if pending > 0 {
-        ExitCode::from(EXIT_PENDING)
-    } else {
+    Ok(if pending.is_empty() {
         ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_PENDING)
     })
+}
+
+/// The output of `status`, `plan` and `check`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// For people.
+    #[default]
+    Text,
+    /// One JSON document on stdout.
+    Json,
+}
+
+fn print_json(value: &serde_json::Value) {
+    println!("{value}");
 }
 
 /// `fresh`, `refresh` and `reset` roll back this workspace's migrations;

@@ -586,9 +586,49 @@ async fn guard_value_size_for_text<C: ConnectionTrait>(
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Drift {
     /// Differences from the schema the migrations produce.
-    pub problems: Vec<String>,
+    pub problems: Vec<DriftItem>,
     /// Harmless extras: LangBot's older `scope_key` index, other indexes.
     pub notes: Vec<String>,
+}
+
+/// One difference between the live table and the migrated schema, for
+/// people (`Display`) and pipelines (`check --format json`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DriftItem {
+    /// What differs: `missing_table`, `missing_column`, `column_type`,
+    /// `column_nullability`, `column_collation`, `missing_unique_key`,
+    /// `missing_index`, `index_columns`.
+    pub kind: &'static str,
+    /// The table, column, constraint or index.
+    pub object: String,
+    /// What the migrations produce.
+    pub expected: Option<String>,
+    /// What the database has (`None`: nothing).
+    pub actual: Option<String>,
+    /// The sentence `check` prints.
+    pub message: String,
+}
+
+impl std::fmt::Display for DriftItem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+fn item(
+    kind: &'static str,
+    object: &str,
+    expected: Option<String>,
+    actual: Option<String>,
+    message: String,
+) -> DriftItem {
+    DriftItem {
+        kind,
+        object: object.to_owned(),
+        expected,
+        actual,
+        message,
+    }
 }
 
 /// Compares the live table with the schema this migration produces on
@@ -597,28 +637,53 @@ pub struct Drift {
 pub fn drift(dialect: Dialect, live: Option<&TableSchema>) -> Drift {
     let mut out = Drift::default();
     let Some(live) = live else {
-        out.problems.push(format!("table {TABLE} is missing"));
+        out.problems.push(item(
+            "missing_table",
+            TABLE,
+            Some("present".into()),
+            None,
+            format!("table {TABLE} is missing"),
+        ));
         return out;
     };
     for &(iden, kind, nullable) in COLUMNS {
         let name = iden.to_string();
         let Some(col) = live.column(&name) else {
-            out.problems.push(format!("column {name} is missing"));
+            out.problems.push(item(
+                "missing_column",
+                &name,
+                Some("present".into()),
+                None,
+                format!("column {name} is missing"),
+            ));
             continue;
         };
         let types = expected_types(dialect, kind);
         if !types.contains(&col.data_type) {
-            out.problems.push(format!(
-                "column {name}: type {}, expected {}",
-                col.data_type,
-                types.join(" or ")
+            out.problems.push(item(
+                "column_type",
+                &name,
+                Some(types.join(" or ")),
+                Some(col.data_type.clone()),
+                format!(
+                    "column {name}: type {}, expected {}",
+                    col.data_type,
+                    types.join(" or ")
+                ),
             ));
         }
         if col.nullable != nullable {
-            out.problems.push(format!(
-                "column {name}: {}, expected {}",
-                if col.nullable { "nullable" } else { "not null" },
-                if nullable { "nullable" } else { "not null" }
+            let word = |n: bool| if n { "nullable" } else { "not null" };
+            out.problems.push(item(
+                "column_nullability",
+                &name,
+                Some(word(nullable).into()),
+                Some(word(col.nullable).into()),
+                format!(
+                    "column {name}: {}, expected {}",
+                    word(col.nullable),
+                    word(nullable)
+                ),
             ));
         }
         let checks_collation = matches!(kind, Kind::Varchar(_))
@@ -626,9 +691,15 @@ pub fn drift(dialect: Dialect, live: Option<&TableSchema>) -> Drift {
         if let Some(exact) = dialect.exact_collation().filter(|_| checks_collation)
             && col.collation.as_deref() != Some(exact)
         {
-            out.problems.push(format!(
-                "column {name}: collation {}, expected {exact}",
-                col.collation.as_deref().unwrap_or("(none)")
+            out.problems.push(item(
+                "column_collation",
+                &name,
+                Some(exact.to_owned()),
+                col.collation.clone(),
+                format!(
+                    "column {name}: collation {}, expected {exact}",
+                    col.collation.as_deref().unwrap_or("(none)")
+                ),
             ));
         }
     }
@@ -642,20 +713,36 @@ pub fn drift(dialect: Dialect, live: Option<&TableSchema>) -> Drift {
     }
     let (uq_name, uq_cols) = UNIQUE_KEY;
     if !live.has_index(uq_name) && !live.has_unique_on(uq_cols) {
-        out.problems.push(format!(
-            "unique constraint {uq_name} ({}) is missing",
-            uq_cols.join(", ")
+        out.problems.push(item(
+            "missing_unique_key",
+            uq_name,
+            Some(uq_cols.join(", ")),
+            None,
+            format!(
+                "unique constraint {uq_name} ({}) is missing",
+                uq_cols.join(", ")
+            ),
         ));
     }
     for (name, cols) in INDEXES {
         match live.indexes.iter().find(|i| i.name == *name) {
-            None => out
-                .problems
-                .push(format!("index {name} ({}) is missing", cols.join(", "))),
-            Some(i) if i.columns != *cols => out.problems.push(format!(
-                "index {name}: columns ({}), expected ({})",
-                i.columns.join(", "),
-                cols.join(", ")
+            None => out.problems.push(item(
+                "missing_index",
+                name,
+                Some(cols.join(", ")),
+                None,
+                format!("index {name} ({}) is missing", cols.join(", ")),
+            )),
+            Some(i) if i.columns != *cols => out.problems.push(item(
+                "index_columns",
+                name,
+                Some(cols.join(", ")),
+                Some(i.columns.join(", ")),
+                format!(
+                    "index {name}: columns ({}), expected ({})",
+                    i.columns.join(", "),
+                    cols.join(", ")
+                ),
             )),
             Some(_) => {}
         }

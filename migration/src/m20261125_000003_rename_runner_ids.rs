@@ -254,6 +254,11 @@ where
         }
     }
     tracing::info!(
+        migration = "runner id rename",
+        rows_done = summary.scanned,
+        rows_renamed = summary.renamed,
+        rows_conflicting = summary.conflicts,
+        seconds = started.elapsed().as_secs_f64(),
         "runner id rename in state rows done in {:.1}s: {} scanned, {} renamed, {} kept aside after conflicts",
         started.elapsed().as_secs_f64(),
         summary.scanned,

@@ -260,6 +260,11 @@ where
             last_progress = Instant::now();
             let rate = summary.scanned as f64 / started.elapsed().as_secs_f64();
             tracing::info!(
+                migration = label,
+                rows_done = summary.scanned,
+                rows_total = total,
+                rows_per_s = rate.round(),
+                rows_changed = summary.changed,
                 "{label}: {}/{total} rows ({rate:.0} rows/s), {} changed",
                 summary.scanned,
                 summary.changed
@@ -267,6 +272,11 @@ where
         }
     }
     tracing::info!(
+        migration = label,
+        rows_done = summary.scanned,
+        rows_total = total,
+        rows_changed = summary.changed,
+        seconds = started.elapsed().as_secs_f64(),
         "{label} done in {:.1}s: {} scanned, {} changed, {} unchanged, {} reported",
         started.elapsed().as_secs_f64(),
         summary.scanned,

@@ -4,6 +4,8 @@ pub mod connection;
 pub mod error;
 pub mod identity;
 pub mod legacy;
+#[cfg(feature = "logging")]
+pub mod logging;
 pub mod policy;
 pub mod rename;
 pub mod retry;
