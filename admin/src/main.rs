@@ -8,6 +8,7 @@
 //! inspecting never creates a database).
 
 mod filter;
+mod transfer;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -68,8 +69,31 @@ enum Command {
     },
     /// Rows matching the filters, one per line (no values).
     List(Filter),
-    /// Rows matching the filters as JSON lines, with the decoded value.
+    /// Rows matching the filters as JSON lines: the stored text and the
+    /// decoded value.
     Export(Filter),
+    /// Read `export` lines on stdin and write the rows, all or nothing;
+    /// rows already there unchanged are skipped.
+    Import {
+        /// Replace rows that exist with other columns (else: refuse, write
+        /// nothing).
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Copy every row from one database to another (export | import), then
+    /// verify row count and digest on both sides. The target must be
+    /// migrated (`migration up`).
+    Copy {
+        /// Source database URL.
+        #[arg(long)]
+        from: String,
+        /// Target database URL.
+        #[arg(long)]
+        to: String,
+        /// Replace rows that exist in the target with other columns.
+        #[arg(long)]
+        overwrite: bool,
+    },
     /// One value, by scope key and state key, or by identity.
     Get(GetArgs),
     /// The binding identity and every scope key of an identity: why does a
@@ -197,6 +221,14 @@ async fn run(cli: Cli) -> Result<(), String> {
     if let Command::ScopeKey(identity) = &cli.command {
         return print_scope_keys(identity);
     }
+    if let Command::Copy {
+        from,
+        to,
+        overwrite,
+    } = &cli.command
+    {
+        return copy(from, to, *overwrite).await;
+    }
     let url = match cli.database_url.filter(|u| !u.trim().is_empty()) {
         Some(url) => url,
         None => {
@@ -252,8 +284,45 @@ async fn execute<C: Db>(db: &C, command: Command) -> Result<(), String> {
         Command::Export(filter) => list(db, &filter, true).await,
         Command::Get(args) => get(db, &args).await,
         Command::Purge(args) => purge(db, &args).await,
-        Command::ScopeKey(_) => Ok(()),
+        Command::Import { overwrite } => {
+            let summary = transfer::import(db, std::io::stdin().lock(), overwrite)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("{}", json!(summary));
+            Ok(())
+        }
+        Command::ScopeKey(_) | Command::Copy { .. } => Ok(()),
     }
+}
+
+/// `state-admin copy`: both ends reached as any command reaches its one.
+async fn copy(from: &str, to: &str, overwrite: bool) -> Result<(), String> {
+    let open = |url: &str| {
+        let url = url.to_owned();
+        async move {
+            let parsed = DbUrl::parse(&url).map_err(|e| format!("cannot connect: {e}"))?;
+            if parsed.pooler() == Pooler::Transaction {
+                return Err(format!(
+                    "copy needs a direct URL, not one through a transaction pooler: {}",
+                    parsed.redacted()
+                ));
+            }
+            service::connection::probe(&url).await.map_err(|cause| {
+                format!(
+                    "cannot connect to {}: {cause}",
+                    service::connection::redact(&url)
+                )
+            })?;
+            service::connection::connect(&url).await.map_err(db_err)
+        }
+    };
+    let (source, target) = (open(from).await?, open(to).await?);
+    let result = transfer::copy(&source, &target, overwrite).await;
+    source.close().await.ok();
+    target.close().await.ok();
+    let summary = result.map_err(|e| e.to_string())?;
+    println!("{}", json!(summary));
+    Ok(())
 }
 
 fn db_err(e: DbErr) -> String {

@@ -1,0 +1,509 @@
+//! `import` and `copy`: rows in, exactly as `export` wrote them.
+//!
+//! An import is **one transaction**: a malformed line, an over-long text or a
+//! conflict anywhere leaves the target as it was, and the input (stdin) need
+//! not be read twice to promise that. Memory stays flat: lines are read and
+//! written a batch at a time inside that transaction. Rows are matched by
+//! `(scope_key, state_key)`; `id` is the target's own. A row that is already
+//! there with the same columns is skipped (importing twice changes nothing);
+//! one that differs is a conflict, refused unless `--overwrite`.
+//!
+//! `copy` is export | import between two databases, in one transaction on
+//! the target, then a verification: the row count and an order-independent
+//! digest of every row's columns (all but `id`) on both sides.
+
+use std::collections::HashMap;
+use std::io::BufRead;
+
+use chrono::NaiveDateTime;
+use entity::agent_runner_state::{ActiveModel, COLUMN, Column, Entity, Model};
+use sea_orm::ActiveValue::{NotSet, Set};
+use sea_orm::{
+    ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionSession, TransactionTrait,
+};
+use serde::Deserialize;
+use sha2::Digest;
+
+/// Lines written per round of lookups and inserts.
+const BATCH: usize = 500;
+
+/// One line of `export`, as `import` reads it. `value` and `value_error` are
+/// the export's reading aid; `value_json` is what is stored.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line {
+    #[allow(dead_code)]
+    id: Option<i64>,
+    runner_id: String,
+    binding_identity: String,
+    scope: String,
+    scope_key: String,
+    state_key: String,
+    value_json: Option<String>,
+    #[allow(dead_code)]
+    value: Option<serde_json::Value>,
+    #[allow(dead_code)]
+    value_error: Option<String>,
+    bot_id: Option<String>,
+    workspace_id: Option<String>,
+    conversation_id: Option<String>,
+    thread_id: Option<String>,
+    actor_type: Option<String>,
+    actor_id: Option<String>,
+    subject_type: Option<String>,
+    subject_id: Option<String>,
+    created_at: String,
+    updated_at: String,
+}
+
+/// Why a line cannot be imported.
+#[derive(Debug, thiserror::Error)]
+pub enum LineError {
+    /// Not a JSON object of export's fields (unknown or missing field,
+    /// wrong type).
+    #[error("not an export line: {0}")]
+    Malformed(#[source] serde_json::Error),
+    /// Longer than its column.
+    #[error("{field} is {chars} characters long, over its limit of {max}")]
+    TooLong {
+        /// The field.
+        field: &'static str,
+        /// Its length.
+        chars: usize,
+        /// The column's length.
+        max: usize,
+    },
+    /// Holds U+0000, which PostgreSQL cannot store.
+    #[error("{field} contains the character U+0000")]
+    Nul {
+        /// The field.
+        field: &'static str,
+    },
+    /// A timestamp that is not `YYYY-MM-DD HH:MM:SS[.ffffff]`.
+    #[error("{field} is not a timestamp: {text:?}")]
+    Timestamp {
+        /// The field.
+        field: &'static str,
+        /// What it held.
+        text: String,
+    },
+}
+
+/// Why an import or copy wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// A line could not be read.
+    #[error("line {line}: {source}")]
+    Line {
+        /// 1-based.
+        line: usize,
+        /// Why.
+        #[source]
+        source: LineError,
+    },
+    /// The input could not be read.
+    #[error("reading the input: {0}")]
+    Io(#[from] std::io::Error),
+    /// Rows that exist with other columns, without `--overwrite`.
+    #[error(
+        "{count} row(s) exist in the target with other columns, e.g. {first}; nothing was \
+         written (use --overwrite to replace them)"
+    )]
+    Conflicts {
+        /// How many (in the batch that found them).
+        count: usize,
+        /// The first few, as `line N: scope_key / state_key`.
+        first: String,
+    },
+    /// The target has no `agent_runner_state` table from `migration up`.
+    #[error("the target database is not migrated: run `migration up` against it first")]
+    NotMigrated,
+    /// After a copy, the two sides differ.
+    #[error(
+        "verification failed: source {source_rows} rows {source_digest}, target {target_rows} rows {target_digest}"
+    )]
+    Mismatch {
+        /// Rows in the source.
+        source_rows: u64,
+        /// Its digest.
+        source_digest: String,
+        /// Rows in the target.
+        target_rows: u64,
+        /// Its digest.
+        target_digest: String,
+    },
+    /// The database failed.
+    #[error("database error: {0}")]
+    Db(#[from] DbErr),
+}
+
+/// What an import did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ImportSummary {
+    /// Lines read.
+    pub lines: u64,
+    /// Rows inserted.
+    pub inserted: u64,
+    /// Rows already there, identical: skipped.
+    pub unchanged: u64,
+    /// Rows replaced (`--overwrite`).
+    pub replaced: u64,
+}
+
+fn text(field: &'static str, value: &str, max: usize) -> Result<(), LineError> {
+    if value.contains('\0') {
+        return Err(LineError::Nul { field });
+    }
+    let chars = value.chars().count();
+    if chars > max {
+        return Err(LineError::TooLong { field, chars, max });
+    }
+    Ok(())
+}
+
+fn timestamp(field: &'static str, value: &str) -> Result<NaiveDateTime, LineError> {
+    NaiveDateTime::parse_from_str(value, "%Y-%m-%d %H:%M:%S%.f").map_err(|_| LineError::Timestamp {
+        field,
+        text: value.to_owned(),
+    })
+}
+
+/// A line checked against the columns, as a row.
+fn to_model(line: Line) -> Result<Model, LineError> {
+    for (field, value, max) in [
+        ("runner_id", Some(&line.runner_id), 255),
+        ("binding_identity", Some(&line.binding_identity), 255),
+        ("scope", Some(&line.scope), 50),
+        ("scope_key", Some(&line.scope_key), 512),
+        ("state_key", Some(&line.state_key), 255),
+        ("bot_id", line.bot_id.as_ref(), 255),
+        ("workspace_id", line.workspace_id.as_ref(), 255),
+        ("conversation_id", line.conversation_id.as_ref(), 255),
+        ("thread_id", line.thread_id.as_ref(), 255),
+        ("actor_type", line.actor_type.as_ref(), 50),
+        ("actor_id", line.actor_id.as_ref(), 255),
+        ("subject_type", line.subject_type.as_ref(), 50),
+        ("subject_id", line.subject_id.as_ref(), 255),
+        (
+            "value_json",
+            line.value_json.as_ref(),
+            service::store::MAX_VALUE_BYTES,
+        ),
+    ] {
+        if let Some(v) = value {
+            text(field, v, max)?;
+        }
+    }
+    Ok(Model {
+        id: 0,
+        created_at: timestamp("created_at", &line.created_at)?,
+        updated_at: timestamp("updated_at", &line.updated_at)?,
+        runner_id: line.runner_id,
+        binding_identity: line.binding_identity,
+        scope: line.scope,
+        scope_key: line.scope_key,
+        state_key: line.state_key,
+        value_json: line.value_json,
+        bot_id: line.bot_id,
+        workspace_id: line.workspace_id,
+        conversation_id: line.conversation_id,
+        thread_id: line.thread_id,
+        actor_type: line.actor_type,
+        actor_id: line.actor_id,
+        subject_type: line.subject_type,
+        subject_id: line.subject_id,
+    })
+}
+
+/// Timestamps as `backend` keeps them: MySQL's `DATETIME` (LangBot's DDL)
+/// holds whole seconds.
+fn kept(backend: DbBackend, t: NaiveDateTime) -> NaiveDateTime {
+    use chrono::SubsecRound;
+    match backend {
+        DbBackend::MySql => t.trunc_subsecs(0),
+        _ => t.trunc_subsecs(6),
+    }
+}
+
+/// Whether two rows hold the same columns (all but `id`).
+fn same(a: &Model, b: &Model) -> bool {
+    Model { id: 0, ..a.clone() } == Model { id: 0, ..b.clone() }
+}
+
+fn active(m: &Model) -> ActiveModel {
+    ActiveModel {
+        id: NotSet,
+        runner_id: Set(m.runner_id.clone()),
+        binding_identity: Set(m.binding_identity.clone()),
+        scope: Set(m.scope.clone()),
+        scope_key: Set(m.scope_key.clone()),
+        state_key: Set(m.state_key.clone()),
+        value_json: Set(m.value_json.clone()),
+        bot_id: Set(m.bot_id.clone()),
+        workspace_id: Set(m.workspace_id.clone()),
+        conversation_id: Set(m.conversation_id.clone()),
+        thread_id: Set(m.thread_id.clone()),
+        actor_type: Set(m.actor_type.clone()),
+        actor_id: Set(m.actor_id.clone()),
+        subject_type: Set(m.subject_type.clone()),
+        subject_id: Set(m.subject_id.clone()),
+        created_at: Set(m.created_at),
+        updated_at: Set(m.updated_at),
+    }
+}
+
+/// Fails with [`TransferError::NotMigrated`] unless `migration up` made the
+/// table on `db`.
+pub async fn require_migrated<C: ConnectionTrait>(db: &C) -> Result<(), TransferError> {
+    let migrated = migration_applied(db).await.unwrap_or(false);
+    if migrated {
+        Ok(())
+    } else {
+        Err(TransferError::NotMigrated)
+    }
+}
+
+async fn migration_applied<C: ConnectionTrait>(db: &C) -> Result<bool, DbErr> {
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT COUNT(*) FROM seaql_migrations WHERE version = 'm20261125_000001_create_agent_runner_state'",
+        ))
+        .await?;
+    Ok(row
+        .map(|r| r.try_get_by_index::<i64>(0))
+        .transpose()?
+        .unwrap_or(0)
+        == 1)
+}
+
+/// Writes one batch of (line number, row) into `txn`.
+async fn write_batch<C: ConnectionTrait>(
+    txn: &C,
+    batch: &mut Vec<(usize, Model)>,
+    overwrite: bool,
+    summary: &mut ImportSummary,
+) -> Result<(), TransferError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let backend = txn.get_database_backend();
+    for (_, m) in batch.iter_mut() {
+        m.created_at = kept(backend, m.created_at);
+        m.updated_at = kept(backend, m.updated_at);
+    }
+    let keys: Vec<String> = batch.iter().map(|(_, m)| m.scope_key.clone()).collect();
+    let existing: HashMap<(String, String), Model> = Entity::find()
+        .filter(COLUMN.scope_key.is_in(keys))
+        .all(txn)
+        .await?
+        .into_iter()
+        .map(|m| ((m.scope_key.clone(), m.state_key.clone()), m))
+        .collect();
+    let mut conflicts = Vec::new();
+    let mut seen: HashMap<(String, String), Model> = HashMap::new();
+    let mut inserts = Vec::new();
+    let mut replaces = Vec::new();
+    for (line, m) in batch.drain(..) {
+        let key = (m.scope_key.clone(), m.state_key.clone());
+        let before = seen.get(&key).or_else(|| existing.get(&key));
+        match before {
+            Some(b) if same(b, &m) => summary.unchanged += 1,
+            Some(_) if !overwrite => conflicts.push(format!("line {line}: {} / {}", key.0, key.1)),
+            Some(_) => {
+                replaces.push(m.clone());
+                summary.replaced += 1;
+            }
+            None => {
+                inserts.push(m.clone());
+                summary.inserted += 1;
+            }
+        }
+        seen.insert(key, m);
+    }
+    if !conflicts.is_empty() {
+        return Err(TransferError::Conflicts {
+            count: conflicts.len(),
+            first: conflicts
+                .iter()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    // A key replaced twice in one batch: the last line wins.
+    let mut last: HashMap<(String, String), Model> = HashMap::new();
+    for m in replaces {
+        last.insert((m.scope_key.clone(), m.state_key.clone()), m);
+    }
+    for m in last.into_values() {
+        if existing.contains_key(&(m.scope_key.clone(), m.state_key.clone())) {
+            Entity::delete_many()
+                .filter(COLUMN.scope_key.eq(m.scope_key.as_str()))
+                .filter(COLUMN.state_key.eq(m.state_key.as_str()))
+                .exec(txn)
+                .await?;
+            inserts.push(m);
+        } else if let Some(i) = inserts
+            .iter_mut()
+            .find(|i| i.scope_key == m.scope_key && i.state_key == m.state_key)
+        {
+            *i = m;
+        }
+    }
+    if !inserts.is_empty() {
+        Entity::insert_many(inserts.iter().map(active))
+            .exec_without_returning(txn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Imports `export` lines from `input` into `db`, all or nothing.
+///
+/// # Errors
+/// A [`TransferError`]; the target is then unchanged.
+pub async fn import<C>(
+    db: &C,
+    input: impl BufRead,
+    overwrite: bool,
+) -> Result<ImportSummary, TransferError>
+where
+    C: ConnectionTrait + TransactionTrait,
+{
+    require_migrated(db).await?;
+    let txn = db.begin().await?;
+    let mut summary = ImportSummary::default();
+    let mut batch = Vec::with_capacity(BATCH);
+    for (i, line) in input.lines().enumerate() {
+        let line_no = i + 1;
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        summary.lines += 1;
+        let parsed: Line = serde_json::from_str(&line).map_err(|e| TransferError::Line {
+            line: line_no,
+            source: LineError::Malformed(e),
+        })?;
+        let model = to_model(parsed).map_err(|source| TransferError::Line {
+            line: line_no,
+            source,
+        })?;
+        batch.push((line_no, model));
+        if batch.len() == BATCH {
+            write_batch(&txn, &mut batch, overwrite, &mut summary).await?;
+        }
+    }
+    write_batch(&txn, &mut batch, overwrite, &mut summary).await?;
+    txn.commit().await?;
+    Ok(summary)
+}
+
+/// Row count and digest of a table: the wrapping sum of each row's SHA-256
+/// (all columns but `id`; timestamps to the second when `seconds`), so the
+/// order rows come in does not matter.
+pub async fn digest<C: ConnectionTrait>(db: &C, seconds: bool) -> Result<(u64, String), DbErr> {
+    use chrono::SubsecRound;
+    let (mut rows, mut sum) = (0u64, [0u128; 2]);
+    let mut last_id = 0;
+    loop {
+        let page = Entity::find()
+            .filter(COLUMN.id.gt(last_id))
+            .order_by_asc(Column::Id)
+            .limit(500)
+            .all(db)
+            .await?;
+        let Some(last) = page.last() else { break };
+        last_id = last.id;
+        for m in &page {
+            let t = |t: NaiveDateTime| if seconds { t.trunc_subsecs(0) } else { t };
+            let canonical = serde_json::json!([
+                m.runner_id,
+                m.binding_identity,
+                m.scope,
+                m.scope_key,
+                m.state_key,
+                m.value_json,
+                m.bot_id,
+                m.workspace_id,
+                m.conversation_id,
+                m.thread_id,
+                m.actor_type,
+                m.actor_id,
+                m.subject_type,
+                m.subject_id,
+                t(m.created_at).to_string(),
+                t(m.updated_at).to_string(),
+            ]);
+            let h = sha2::Sha256::digest(canonical.to_string().as_bytes());
+            let hi = u128::from_be_bytes(h[..16].try_into().expect("16 bytes"));
+            let lo = u128::from_be_bytes(h[16..].try_into().expect("16 bytes"));
+            sum[0] = sum[0].wrapping_add(hi);
+            sum[1] = sum[1].wrapping_add(lo);
+            rows += 1;
+        }
+    }
+    Ok((rows, format!("{:032x}{:032x}", sum[0], sum[1])))
+}
+
+/// What a copy did and found.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CopySummary {
+    /// The import into the target.
+    pub import: ImportSummary,
+    /// Rows on each side after the copy.
+    pub rows: u64,
+    /// Their digest (equal on both sides).
+    pub digest: String,
+}
+
+/// Copies every row of `from` into `to` (all or nothing on the target),
+/// then verifies both sides hold the same rows.
+///
+/// # Errors
+/// A [`TransferError`]: on any failure before the commit the target is
+/// unchanged; a failed verification is [`TransferError::Mismatch`].
+pub async fn copy<A, B>(from: &A, to: &B, overwrite: bool) -> Result<CopySummary, TransferError>
+where
+    A: ConnectionTrait,
+    B: ConnectionTrait + TransactionTrait,
+{
+    require_migrated(to).await?;
+    let txn = to.begin().await?;
+    let mut summary = ImportSummary::default();
+    let mut last_id = 0;
+    loop {
+        let page = Entity::find()
+            .filter(COLUMN.id.gt(last_id))
+            .order_by_asc(Column::Id)
+            .limit(BATCH as u64)
+            .all(from)
+            .await?;
+        let Some(last) = page.last() else { break };
+        last_id = last.id;
+        summary.lines += page.len() as u64;
+        let mut batch: Vec<(usize, Model)> = page.into_iter().map(|m| (m.id as usize, m)).collect();
+        write_batch(&txn, &mut batch, overwrite, &mut summary).await?;
+    }
+    txn.commit().await?;
+    let seconds = from.get_database_backend() == DbBackend::MySql
+        || to.get_database_backend() == DbBackend::MySql;
+    let (source_rows, source_digest) = digest(from, seconds).await?;
+    let (target_rows, target_digest) = digest(to, seconds).await?;
+    if (source_rows, &source_digest) != (target_rows, &target_digest) {
+        return Err(TransferError::Mismatch {
+            source_rows,
+            source_digest,
+            target_rows,
+            target_digest,
+        });
+    }
+    Ok(CopySummary {
+        import: summary,
+        rows: target_rows,
+        digest: target_digest,
+    })
+}
