@@ -258,3 +258,51 @@ async fn copy_round_trip_across_backends() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("not migrated"), "{}", stderr(&out));
 }
+
+/// A copy SIGKILLed midway (observed: some rows committed in the target,
+/// not all) keeps what it wrote; the next run resumes and verifies; a
+/// conflicting target is refused before anything is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_resumes_after_a_kill_and_refuses_conflicts_first() {
+    let a = TestDb::create(Backend::Sqlite, "copy_kill_a", None).await;
+    let b = TestDb::create(Backend::Postgres, "copy_kill_b", None).await;
+    for t in [&a, &b] {
+        Migrator::up(&t.db, None).await.unwrap();
+    }
+    let rows = lines(8_000);
+    let out = admin(&["-u", &a.url, "import"], Some(&jsonl(&rows)));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let child = Command::new(admin_bin())
+        .args(["copy", "--from", &a.url, "--to", &b.url])
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let progress = || agent_runner_state_tests::committed_rows(&b.db, "agent_runner_state");
+    let kill = agent_runner_state_tests::kill_when(child, 1_000, progress).await;
+    assert!(kill.done > 0 && kill.done < 8_000, "{kill:?}");
+    eprintln!("copy killed with {} of 8000 rows in the target", kill.done);
+    let out = admin(&["copy", "--from", &a.url, "--to", &b.url], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(summary["rows"], 8_000, "{summary}");
+    assert_eq!(summary["import"]["unchanged"], kill.done, "{summary}");
+    assert_eq!(exported(&a.url), exported(&b.url));
+
+    // A source row that differs from the target's: refused, nothing written.
+    let c = TestDb::create(Backend::Sqlite, "copy_kill_c", None).await;
+    Migrator::up(&c.db, None).await.unwrap();
+    let mut changed = rows[..100].to_vec();
+    changed[99]["value_json"] = json!("2");
+    let mut extra = rows[0].clone();
+    extra["state_key"] = json!("only-in-c");
+    changed.insert(0, extra);
+    let out = admin(&["-u", &c.url, "import"], Some(&jsonl(&changed)));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let before = exported(&b.url);
+    let out = admin(&["copy", "--from", &c.url, "--to", &b.url], None);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("k-00099"), "{}", stderr(&out));
+    assert_eq!(exported(&b.url), before, "a refused copy wrote something");
+}

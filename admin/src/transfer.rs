@@ -8,9 +8,11 @@
 //! there with the same columns is skipped (importing twice changes nothing);
 //! one that differs is a conflict, refused unless `--overwrite`.
 //!
-//! `copy` is export | import between two databases, in one transaction on
-//! the target, then a verification: the row count and an order-independent
-//! digest of every row's columns (all but `id`) on both sides.
+//! `copy` is export | import between two databases. Its source can be read
+//! twice, so it can check for conflicts first (read-only) and then write in
+//! batches that each commit: a killed copy resumes where it stopped. It ends
+//! with a verification: the row count and an order-independent digest of
+//! every row's columns (all but `id`) on both sides.
 
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -285,6 +287,17 @@ async fn write_batch<C: ConnectionTrait>(
     overwrite: bool,
     summary: &mut ImportSummary,
 ) -> Result<(), TransferError> {
+    apply_batch(txn, batch, overwrite, summary, false).await
+}
+
+/// Compares one batch with the target and, unless `dry`, writes it.
+async fn apply_batch<C: ConnectionTrait>(
+    txn: &C,
+    batch: &mut Vec<(usize, Model)>,
+    overwrite: bool,
+    summary: &mut ImportSummary,
+    dry: bool,
+) -> Result<(), TransferError> {
     if batch.is_empty() {
         return Ok(());
     }
@@ -293,9 +306,15 @@ async fn write_batch<C: ConnectionTrait>(
         m.created_at = kept(backend, m.created_at);
         m.updated_at = kept(backend, m.updated_at);
     }
-    let keys: Vec<String> = batch.iter().map(|(_, m)| m.scope_key.clone()).collect();
+    // Both columns narrow the lookup: a scope may hold many keys, and a key
+    // name recur in many scopes.
+    let scope_keys: std::collections::BTreeSet<String> =
+        batch.iter().map(|(_, m)| m.scope_key.clone()).collect();
+    let state_keys: std::collections::BTreeSet<String> =
+        batch.iter().map(|(_, m)| m.state_key.clone()).collect();
     let existing: HashMap<(String, String), Model> = Entity::find()
-        .filter(COLUMN.scope_key.is_in(keys))
+        .filter(COLUMN.scope_key.is_in(scope_keys))
+        .filter(COLUMN.state_key.is_in(state_keys))
         .all(txn)
         .await?
         .into_iter()
@@ -332,6 +351,9 @@ async fn write_batch<C: ConnectionTrait>(
                 .collect::<Vec<_>>()
                 .join(", "),
         });
+    }
+    if dry {
+        return Ok(());
     }
     // A key replaced twice in one batch: the last line wins.
     let mut last: HashMap<(String, String), Model> = HashMap::new();
@@ -449,6 +471,27 @@ pub async fn digest<C: ConnectionTrait>(db: &C, seconds: bool) -> Result<(u64, S
     Ok((rows, format!("{:032x}{:032x}", sum[0], sum[1])))
 }
 
+/// The next page of source rows after `last_id`, as (row id, row), and the
+/// last id; `None` at the end.
+async fn source_page<A: ConnectionTrait>(
+    from: &A,
+    last_id: i32,
+) -> Result<Option<(Vec<(usize, Model)>, i32)>, DbErr> {
+    let page = Entity::find()
+        .filter(COLUMN.id.gt(last_id))
+        .order_by_asc(Column::Id)
+        .limit(BATCH as u64)
+        .all(from)
+        .await?;
+    let Some(last) = page.last().map(|m| m.id) else {
+        return Ok(None);
+    };
+    Ok(Some((
+        page.into_iter().map(|m| (m.id as usize, m)).collect(),
+        last,
+    )))
+}
+
 /// What a copy did and found.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct CopySummary {
@@ -460,35 +503,45 @@ pub struct CopySummary {
     pub digest: String,
 }
 
-/// Copies every row of `from` into `to` (all or nothing on the target),
-/// then verifies both sides hold the same rows.
+/// Copies every row of `from` into `to`, then verifies both sides hold the
+/// same rows. Without `overwrite`, a first read-only pass finds conflicts,
+/// so a refused copy writes nothing. The rows then go in batches, each its
+/// own transaction: a copy killed midway keeps what it committed, and the
+/// next run resumes (rows already there unchanged are skipped).
 ///
 /// # Errors
-/// A [`TransferError`]: on any failure before the commit the target is
-/// unchanged; a failed verification is [`TransferError::Mismatch`].
+/// A [`TransferError`]; a failed verification is [`TransferError::Mismatch`].
 pub async fn copy<A, B>(from: &A, to: &B, overwrite: bool) -> Result<CopySummary, TransferError>
 where
     A: ConnectionTrait,
     B: ConnectionTrait + TransactionTrait,
 {
     require_migrated(to).await?;
-    let txn = to.begin().await?;
+    if !overwrite {
+        // Read-only: the same comparison as the writes, rolled back.
+        let mut last_id = 0;
+        loop {
+            let Some((page, last)) = source_page(from, last_id).await? else {
+                break;
+            };
+            last_id = last;
+            let mut batch = page;
+            let mut ignored = ImportSummary::default();
+            apply_batch(to, &mut batch, false, &mut ignored, true).await?;
+        }
+    }
     let mut summary = ImportSummary::default();
     let mut last_id = 0;
     loop {
-        let page = Entity::find()
-            .filter(COLUMN.id.gt(last_id))
-            .order_by_asc(Column::Id)
-            .limit(BATCH as u64)
-            .all(from)
-            .await?;
-        let Some(last) = page.last() else { break };
-        last_id = last.id;
-        summary.lines += page.len() as u64;
-        let mut batch: Vec<(usize, Model)> = page.into_iter().map(|m| (m.id as usize, m)).collect();
+        let Some((mut batch, last)) = source_page(from, last_id).await? else {
+            break;
+        };
+        last_id = last;
+        summary.lines += batch.len() as u64;
+        let txn = to.begin().await?;
         write_batch(&txn, &mut batch, overwrite, &mut summary).await?;
+        txn.commit().await?;
     }
-    txn.commit().await?;
     let seconds = from.get_database_backend() == DbBackend::MySql
         || to.get_database_backend() == DbBackend::MySql;
     let (source_rows, source_digest) = digest(from, seconds).await?;
