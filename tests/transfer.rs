@@ -218,9 +218,10 @@ on_every_topology!(
     import_into_an_unmigrated_database_says_so,
 );
 
-/// SQLite → PostgreSQL → MariaDB → SQLite: every column and every stored
-/// text comes back identical; a second copy changes nothing; each copy ends
-/// with a verification of both sides.
+/// SQLite → PostgreSQL → MariaDB → SQLite and SQLite → MariaDB →
+/// PostgreSQL → SQLite (every ordered pair of backends): every column and
+/// every stored text comes back identical; a second copy changes nothing;
+/// each copy ends with a verification of both sides.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_round_trip_across_backends() {
     let a = TestDb::create(Backend::Sqlite, "copy_a", None).await;
@@ -247,6 +248,25 @@ async fn copy_round_trip_across_backends() {
         assert_eq!(summary["import"]["inserted"], 700, "{summary}");
     }
     assert_eq!(exported(&a.url), exported(&d.url));
+    // And the other way round, so every ordered pair of backends is taken:
+    // SQLite -> MariaDB -> PostgreSQL -> SQLite.
+    let f = TestDb::create(Backend::MySql, "copy_f", None).await;
+    let g = TestDb::create(Backend::Postgres, "copy_g", None).await;
+    let h = TestDb::create(Backend::Sqlite, "copy_h", None).await;
+    for t in [&f, &g, &h] {
+        Migrator::up(&t.db, None).await.unwrap();
+    }
+    for (from, to) in [(&a, &f), (&f, &g), (&g, &h)] {
+        let out = admin(&["copy", "--from", &from.url, "--to", &to.url], None);
+        assert!(
+            out.status.success(),
+            "{} -> {}: {}",
+            from.backend.name(),
+            to.backend.name(),
+            stderr(&out)
+        );
+    }
+    assert_eq!(exported(&a.url), exported(&h.url));
     // Again: nothing to do, and still verified.
     let out = admin(&["copy", "--from", &a.url, "--to", &b.url], None);
     assert!(out.status.success(), "{}", stderr(&out));
