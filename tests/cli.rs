@@ -10,10 +10,8 @@ use agent_runner_state_tests::{
 };
 use migration::catalog;
 use migration::lock::{LOCK_NAME, LOCK_TABLE};
-use migration::m20261125_000001_create_agent_runner_state::{
-    INDEXES, LEGACY_SCOPE_KEY_INDEX, TABLE, UNIQUE_KEY,
-};
-use migration::m20261125_000002_port_legacy_runner_blocks::BACKUP_TABLE;
+use migration::port::BACKUP_TABLE;
+use migration::schema::{INDEXES, LEGACY_SCOPE_KEY_INDEX, TABLE, UNIQUE_KEY};
 use migration::{Migrator, MigratorTrait};
 
 fn migration(cwd: &Path, args: &[&str]) -> Output {
@@ -851,3 +849,25 @@ async fn gates_print_json(t: TestDb) {
 }
 
 on_every_backend!(logs_are_plain_or_json, gates_print_json);
+
+/// On a database that holds only this workspace's tables (the lock table
+/// included), `fresh`, `refresh` and `reset` need no `--force`.
+async fn destructive_commands_run_on_our_own_tables(t: TestDb) {
+    let dir = temp_dir(&format!("own-{}-{:?}", t.backend.name(), t.topology));
+    let run = |args: &[&str]| migration(&dir, &[&["-u", t.url.as_str()], args].concat());
+    assert!(run(&["up"]).status.success());
+    for cmd in ["fresh", "refresh", "reset"] {
+        let out = run(&[cmd]);
+        assert!(out.status.success(), "{cmd}: {}", stderr(&out));
+    }
+    // reset removes the history table and what the migrations created.
+    assert!(
+        !catalog::table_exists(&t.db, "seaql_migrations")
+            .await
+            .unwrap()
+    );
+    assert!(!catalog::table_exists(&t.db, TABLE).await.unwrap());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+on_every_topology!(destructive_commands_run_on_our_own_tables);

@@ -6,7 +6,7 @@ use agent_runner_state_tests::{
     Backend, TestDb, committed_rows, kill_points, kill_seed, kill_when, on_every_backend,
     read_vectors,
 };
-use migration::m20261125_000002_port_legacy_runner_blocks::{BACKUP_TABLE, port_all};
+use migration::port::{BACKUP_TABLE, port_all};
 use migration::{Migrator, MigratorTrait, catalog};
 use serde_json::Value;
 use service::legacy::{Ported, port_config};

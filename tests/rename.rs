@@ -5,10 +5,10 @@
 use agent_runner_state_tests::{
     TestDb, committed_rows, kill_points, kill_seed, kill_when, on_every_backend, read_vectors,
 };
-use migration::m20261125_000003_rename_runner_ids::{
+use migration::pipeline_rewrite::rewrite_all;
+use migration::rename::{
     CONFIG_BACKUP_TABLE, CONFLICTS_TABLE, RENAME_LOG_TABLE, rename_state_rows,
 };
-use migration::pipeline_rewrite::rewrite_all;
 use migration::{Migrator, MigratorTrait, catalog};
 use serde_json::{Value, json};
 use service::rename::{Renames, rename_row};

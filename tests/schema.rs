@@ -3,9 +3,8 @@
 
 use agent_runner_state_tests::{Backend, TestDb, on_every_backend, with_snapshots};
 use migration::catalog::{self, TableSchema};
-use migration::m20261125_000001_create_agent_runner_state::{
-    INDEXES, LEGACY_SCOPE_KEY_INDEX, ORIGIN_TABLE, Origin, TABLE, UNIQUE_KEY, recorded_origin,
-};
+use migration::origin::{ORIGIN_TABLE, Origin, recorded_origin};
+use migration::schema::{INDEXES, LEGACY_SCOPE_KEY_INDEX, TABLE, UNIQUE_KEY};
 use migration::{Migrator, MigratorTrait};
 
 const ROWS: &str = "SELECT * FROM agent_runner_state ORDER BY id";

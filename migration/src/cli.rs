@@ -19,8 +19,9 @@ use service::connection::{
     read_only_connect_options, redact,
 };
 
+use crate::drift::drift;
 use crate::lock::{LockError, MigrationLock, sqlite_file};
-use crate::m20261125_000001_create_agent_runner_state::{Dialect, TABLE, drift};
+use crate::schema::{Dialect, TABLE};
 use crate::{Migrator, MigratorTrait, catalog};
 use service::logging::LogFormat;
 
@@ -245,12 +246,14 @@ pub struct Guard {
 /// dropped when the migration created it; an adopted one is handed back.
 const OWNED_TABLES: &[&str] = &[
     "seaql_migrations",
-    crate::m20261125_000001_create_agent_runner_state::TABLE,
+    crate::schema::TABLE,
     crate::m20261125_000001_create_agent_runner_state::ORIGIN_TABLE,
     crate::m20261125_000002_port_legacy_runner_blocks::BACKUP_TABLE,
     crate::m20261125_000003_rename_runner_ids::CONFIG_BACKUP_TABLE,
     crate::m20261125_000003_rename_runner_ids::RENAME_LOG_TABLE,
     crate::m20261125_000003_rename_runner_ids::CONFLICTS_TABLE,
+    // Made by the lock every run holds; not dropped by `reset` (it is in use).
+    crate::lock::LOCK_TABLE,
 ];
 
 fn init_tracing(verbose: bool, format: LogFormat) {

@@ -37,6 +37,19 @@ where
 pub struct Migration;
 
 #[async_trait::async_trait]
+impl crate::Plan for Migration {
+    async fn plan(
+        &self,
+        _db: &sea_orm_migration::sea_orm::DatabaseExecutor<'_>,
+    ) -> Result<Vec<String>, DbErr> {
+        Ok(vec![format!(
+            "-- data migration: port legacy runner blocks in {PIPELINES_TABLE} (batches of {}), keeping originals in {BACKUP_TABLE}",
+            settings::batch_size(),
+        )])
+    }
+}
+
+#[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         port_all(manager.get_connection(), settings::batch_size())

@@ -455,6 +455,21 @@ where
 pub struct Migration;
 
 #[async_trait::async_trait]
+impl crate::Plan for Migration {
+    async fn plan(
+        &self,
+        _db: &sea_orm_migration::sea_orm::DatabaseExecutor<'_>,
+    ) -> Result<Vec<String>, DbErr> {
+        Ok(vec![format!(
+            "-- data migration: rename official runner ids in {} and agent_runner_state (batches of {}), \
+             keeping what it changes in {CONFIG_BACKUP_TABLE}, {RENAME_LOG_TABLE} and {CONFLICTS_TABLE}",
+            crate::pipeline_rewrite::PIPELINES_TABLE,
+            settings::batch_size(),
+        )])
+    }
+}
+
+#[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
