@@ -201,7 +201,51 @@ async fn adopt_keeps_pre_2094993af_index(t: TestDb) {
     assert!(schema.has_index("ix_agent_runner_state_scope_key_lookup"));
 }
 
+/// The entity is the one source of column facts (the store's length checks
+/// read it): it must say what each backend's catalog holds after `up`, for
+/// a created table and for an adopted one.
+async fn entity_matches_the_migrated_catalog(t: TestDb) {
+    use sea_orm::{ColumnTrait, Iterable};
+    for adopted in [false, true] {
+        if adopted {
+            Migrator::down(&t.db, None).await.ok();
+            t.create_langbot_schema().await;
+        }
+        Migrator::up(&t.db, None).await.unwrap();
+        let table = live(&t).await;
+        for column in entity::agent_runner_state::Column::iter() {
+            let def = column.def();
+            let name = sea_orm::IdenStatic::as_str(&column).to_owned();
+            let live = table
+                .column(&name)
+                .unwrap_or_else(|| panic!("{name} missing from the catalog"));
+            assert_eq!(
+                live.nullable,
+                def.is_null(),
+                "{name} nullability (adopted: {adopted})"
+            );
+            if let sea_orm::sea_query::ColumnType::String(sea_orm::sea_query::StringLen::N(n)) =
+                def.get_column_type()
+            {
+                assert!(
+                    live.data_type.ends_with(&format!("({n})")),
+                    "{name}: entity says {n} characters, {} has {} (adopted: {adopted})",
+                    t.backend.name(),
+                    live.data_type
+                );
+                assert_eq!(service::store::max_chars(column), *n as usize);
+            }
+        }
+        assert_eq!(
+            table.columns.len(),
+            entity::agent_runner_state::Column::iter().count(),
+            "columns the entity does not know"
+        );
+    }
+}
+
 on_every_backend!(
+    entity_matches_the_migrated_catalog,
     fresh_create,
     adopt_langbot_database,
     adopted_key_columns_compare_exactly,

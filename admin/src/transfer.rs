@@ -173,20 +173,65 @@ fn timestamp(field: &'static str, value: &str) -> Result<NaiveDateTime, LineErro
 
 /// A line checked against the columns, as a row.
 fn to_model(line: Line) -> Result<Model, LineError> {
+    use service::store::max_chars;
     for (field, value, max) in [
-        ("runner_id", Some(&line.runner_id), 255),
-        ("binding_identity", Some(&line.binding_identity), 255),
-        ("scope", Some(&line.scope), 50),
-        ("scope_key", Some(&line.scope_key), 512),
-        ("state_key", Some(&line.state_key), 255),
-        ("bot_id", line.bot_id.as_ref(), 255),
-        ("workspace_id", line.workspace_id.as_ref(), 255),
-        ("conversation_id", line.conversation_id.as_ref(), 255),
-        ("thread_id", line.thread_id.as_ref(), 255),
-        ("actor_type", line.actor_type.as_ref(), 50),
-        ("actor_id", line.actor_id.as_ref(), 255),
-        ("subject_type", line.subject_type.as_ref(), 50),
-        ("subject_id", line.subject_id.as_ref(), 255),
+        (
+            "runner_id",
+            Some(&line.runner_id),
+            max_chars(Column::RunnerId),
+        ),
+        (
+            "binding_identity",
+            Some(&line.binding_identity),
+            max_chars(Column::BindingIdentity),
+        ),
+        ("scope", Some(&line.scope), max_chars(Column::Scope)),
+        (
+            "scope_key",
+            Some(&line.scope_key),
+            max_chars(Column::ScopeKey),
+        ),
+        (
+            "state_key",
+            Some(&line.state_key),
+            max_chars(Column::StateKey),
+        ),
+        ("bot_id", line.bot_id.as_ref(), max_chars(Column::BotId)),
+        (
+            "workspace_id",
+            line.workspace_id.as_ref(),
+            max_chars(Column::WorkspaceId),
+        ),
+        (
+            "conversation_id",
+            line.conversation_id.as_ref(),
+            max_chars(Column::ConversationId),
+        ),
+        (
+            "thread_id",
+            line.thread_id.as_ref(),
+            max_chars(Column::ThreadId),
+        ),
+        (
+            "actor_type",
+            line.actor_type.as_ref(),
+            max_chars(Column::ActorType),
+        ),
+        (
+            "actor_id",
+            line.actor_id.as_ref(),
+            max_chars(Column::ActorId),
+        ),
+        (
+            "subject_type",
+            line.subject_type.as_ref(),
+            max_chars(Column::SubjectType),
+        ),
+        (
+            "subject_id",
+            line.subject_id.as_ref(),
+            max_chars(Column::SubjectId),
+        ),
         (
             "value_json",
             line.value_json.as_ref(),

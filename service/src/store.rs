@@ -11,12 +11,12 @@ use std::collections::BTreeMap;
 use std::future::Future;
 
 use chrono::{NaiveDateTime, SubsecRound, Utc};
-use entity::agent_runner_state::{self, ActiveModel, COLUMN, Entity};
+use entity::agent_runner_state::{self, ActiveModel, COLUMN, Column, Entity};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, QueryTrait, RuntimeErr, Statement,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, QueryTrait, RuntimeErr, Statement,
 };
 use serde_json::Value;
 
@@ -227,7 +227,7 @@ where
     pub async fn get_by_scope_key(&self, scope_key: &str, key: &str) -> Result<Option<Value>> {
         let key = public_key(key);
         validate_key(key)?;
-        validate_text("scope_key", scope_key, 512)?;
+        validate_text("scope_key", scope_key, max_chars(Column::ScopeKey))?;
         let stmt = get_statement(self.db.get_database_backend(), scope_key, key);
         let stored: Option<String> = self
             .query_texts(stmt, 1)
@@ -528,6 +528,20 @@ pub fn snapshot_statement<'a>(
     )
 }
 
+/// The length of a text column, in characters, as the entity declares it:
+/// the one source of the column facts (the migration creates the same, and a
+/// test compares the entity with each backend's catalog).
+///
+/// # Panics
+/// For a column that is not a bounded string (a programming error).
+pub fn max_chars(column: Column) -> usize {
+    use sea_orm::sea_query::{ColumnType, StringLen};
+    match column.def().get_column_type() {
+        ColumnType::String(StringLen::N(n)) => *n as usize,
+        other => panic!("{column:?} is not a bounded string column: {other:?}"),
+    }
+}
+
 /// Timestamps as the columns keep them: naive UTC, to the microsecond (to
 /// the second on MySQL's `DATETIME`, which would otherwise round up).
 pub fn now(backend: DbBackend) -> NaiveDateTime {
@@ -555,21 +569,37 @@ fn validate_optional(field: &'static str, text: &Option<String>, max: usize) -> 
 }
 
 fn validate_key(key: &str) -> Result<()> {
-    validate_text("state_key", key, 255)
+    validate_text("state_key", key, max_chars(Column::StateKey))
 }
 
 /// Every column a first set writes, against its length (SPEC section 3).
 fn validate_context(c: &IdentityColumns) -> Result<()> {
-    validate_text("runner_id", &c.runner_id, 255)?;
-    validate_text("binding_identity", &c.binding_identity, 255)?;
-    validate_optional("bot_id", &c.bot_id, 255)?;
-    validate_optional("workspace_id", &c.workspace_id, 255)?;
-    validate_optional("conversation_id", &c.conversation_id, 255)?;
-    validate_optional("thread_id", &c.thread_id, 255)?;
-    validate_optional("actor_type", &c.actor_type, 50)?;
-    validate_optional("actor_id", &c.actor_id, 255)?;
-    validate_optional("subject_type", &c.subject_type, 50)?;
-    validate_optional("subject_id", &c.subject_id, 255)
+    validate_text("runner_id", &c.runner_id, max_chars(Column::RunnerId))?;
+    validate_text(
+        "binding_identity",
+        &c.binding_identity,
+        max_chars(Column::BindingIdentity),
+    )?;
+    validate_optional("bot_id", &c.bot_id, max_chars(Column::BotId))?;
+    validate_optional(
+        "workspace_id",
+        &c.workspace_id,
+        max_chars(Column::WorkspaceId),
+    )?;
+    validate_optional(
+        "conversation_id",
+        &c.conversation_id,
+        max_chars(Column::ConversationId),
+    )?;
+    validate_optional("thread_id", &c.thread_id, max_chars(Column::ThreadId))?;
+    validate_optional("actor_type", &c.actor_type, max_chars(Column::ActorType))?;
+    validate_optional("actor_id", &c.actor_id, max_chars(Column::ActorId))?;
+    validate_optional(
+        "subject_type",
+        &c.subject_type,
+        max_chars(Column::SubjectType),
+    )?;
+    validate_optional("subject_id", &c.subject_id, max_chars(Column::SubjectId))
 }
 
 fn serialize_value(value: &Value) -> Result<String> {
