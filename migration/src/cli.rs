@@ -77,9 +77,10 @@ pub async fn main(cli: Cli) -> ExitCode {
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
+            let line = service::error_line(&e);
             match format {
-                LogFormat::Text => eprintln!("error: {e}"),
-                LogFormat::Json => tracing::error!(error = %e, "the command failed"),
+                LogFormat::Text => eprintln!("error: {line}"),
+                LogFormat::Json => tracing::error!(error = %line, "the command failed"),
             }
             ExitCode::FAILURE
         }

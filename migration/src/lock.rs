@@ -69,7 +69,7 @@ pub enum LockError {
     )]
     Lost,
     /// The SQLite lock file.
-    #[error("lock file {path}")]
+    #[error("cannot use the lock file {path}")]
     File {
         /// Its path.
         path: PathBuf,

@@ -70,3 +70,42 @@ pub enum StateError {
 
 /// `Result` with [`StateError`].
 pub type Result<T, E = StateError> = std::result::Result<T, E>;
+
+/// An error and its causes on one line, for the top of a binary: each
+/// source is appended (`: cause`) unless the text so far already says it,
+/// and line breaks become spaces.
+pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line.replace(['\n', '\r'], " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cause_chain_fits_on_one_line() {
+        let io = std::io::Error::other("disk on fire\nreally");
+        let err = StateError::InvalidValue(crate::value::ValueError::TooDeep { depth: 2, max: 1 });
+        assert_eq!(
+            error_line(&err),
+            "value is nested 2 deep, over the limit of 1"
+        );
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot open the lock file")]
+        struct Outer(#[source] std::io::Error);
+        assert_eq!(
+            error_line(&Outer(io)),
+            "cannot open the lock file: disk on fire really"
+        );
+    }
+}

@@ -13,7 +13,7 @@ pub mod run;
 pub mod store;
 pub mod value;
 
-pub use error::{Result, StateError};
+pub use error::{Result, StateError, error_line};
 pub use identity::{Actor, Binding, Event, IdentityColumns, Scope, Subject};
 pub use policy::StatePolicy;
 pub use run::{RunRegistry, RunSession, RunStateError, StateCall};
