@@ -3,10 +3,10 @@
 
 use std::process::{Command, Output};
 
-use agent_runner_state_tests::{TestDb, admin_bin, on_every_topology};
 use migration::{Migrator, MigratorTrait};
 use serde_json::{Value, json};
 use service::{Actor, Binding, Event, IdentityColumns, Scope, StateContext, StateStore};
+use testkit::{TestDb, admin_bin, on_every_topology};
 
 const RUNNER: &str = "plugin:langbot/local-agent/default";
 const OTHER_RUNNER: &str = "plugin:langbot/dify-agent/default";

@@ -4,15 +4,15 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use agent_runner_state_tests::{
-    Backend, TestDb, Topology, committed_rows, langbot_ddl, migration_bin, on_every_backend,
-    on_every_topology,
-};
 use migration::catalog;
 use migration::lock::{LOCK_NAME, LOCK_TABLE};
 use migration::port::BACKUP_TABLE;
 use migration::schema::{INDEXES, LEGACY_SCOPE_KEY_INDEX, TABLE, UNIQUE_KEY};
 use migration::{Migrator, MigratorTrait};
+use testkit::{
+    Backend, TestDb, Topology, committed_rows, langbot_ddl, migration_bin, on_every_backend,
+    on_every_topology,
+};
 
 fn migration(cwd: &Path, args: &[&str]) -> Output {
     Command::new(migration_bin())
@@ -381,7 +381,7 @@ async fn killed_holder_blocks_at_most_one_lease(t: TestDb) {
             committed_rows(&direct, BACKUP_TABLE).await
         }
     };
-    let kill = agent_runner_state_tests::kill_when(child, 1, progress).await;
+    let kill = testkit::kill_when(child, 1, progress).await;
     eprintln!("killed the holder at {kill:?}");
     let sqlite = t.backend == Backend::Sqlite;
     if !sqlite {

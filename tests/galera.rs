@@ -7,13 +7,13 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use agent_runner_state_tests::{Backend, TestDb, migration_bin, on_every_topology, on_galera};
 use migration::{Migrator, MigratorTrait, catalog};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 use serde_json::{Value, json};
 use service::legacy::{Ported, port_config};
 use service::rename::{RUNNER_ID_RENAMES, Renames};
 use service::{Actor, Binding, Event, IdentityColumns, Scope, StateContext, StateStore};
+use testkit::{Backend, TestDb, migration_bin, on_every_topology, on_galera};
 
 async fn connect(url: &str) -> DatabaseConnection {
     service::connection::connect(url)

@@ -2,14 +2,14 @@
 //! made from LangBot's own DDL, on every backend: vectors, reversibility,
 //! bad shapes, idempotence, and a migration process killed mid-run.
 
-use agent_runner_state_tests::{
-    Backend, TestDb, committed_rows, kill_points, kill_seed, kill_when, on_every_backend,
-    read_vectors,
-};
 use migration::port::{BACKUP_TABLE, port_all};
 use migration::{Migrator, MigratorTrait, catalog};
 use serde_json::Value;
 use service::legacy::{Ported, port_config};
+use testkit::{
+    Backend, TestDb, committed_rows, kill_points, kill_seed, kill_when, on_every_backend,
+    read_vectors,
+};
 
 /// Shapes the rules cannot apply to: left byte for byte, and reported. (Text
 /// that is not JSON at all fits only SQLite's column: PostgreSQL's `json` and

@@ -2,9 +2,6 @@
 //! backend: vectors, conflicts, the store finding renamed rows, `down`
 //! returning both tables to their content, and a killed-and-rerun binary.
 
-use agent_runner_state_tests::{
-    TestDb, committed_rows, kill_points, kill_seed, kill_when, on_every_backend, read_vectors,
-};
 use migration::pipeline_rewrite::rewrite_all;
 use migration::rename::{
     CONFIG_BACKUP_TABLE, CONFLICTS_TABLE, RENAME_LOG_TABLE, rename_state_rows,
@@ -13,6 +10,9 @@ use migration::{Migrator, MigratorTrait, catalog};
 use serde_json::{Value, json};
 use service::rename::{Renames, rename_row};
 use service::{Actor, Binding, Event, IdentityColumns, Scope, StateContext, StateStore};
+use testkit::{
+    TestDb, committed_rows, kill_points, kill_seed, kill_when, on_every_backend, read_vectors,
+};
 
 const STATE_ROWS: &str = "SELECT id, runner_id, binding_identity, scope, scope_key, state_key, value_json, \
     bot_id, workspace_id, conversation_id, thread_id, actor_type, actor_id, subject_type, subject_id \

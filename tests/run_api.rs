@@ -6,12 +6,12 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_runner_state_tests::{Backend, TestDb, on_every_backend, with_snapshots};
 use migration::{Migrator, MigratorTrait};
 use serde_json::json;
 use service::run::{RunRegistry, RunSession, RunStateError, StateCall};
 use service::store::{StateContext, StateStore};
 use service::{Actor, Binding, Event, IdentityColumns, Scope, StatePolicy};
+use testkit::{Backend, TestDb, on_every_backend, with_snapshots};
 
 const RUNNER: &str = "plugin:langbot/local-agent/default";
 const PLUGIN: &str = "langbot/local-agent";

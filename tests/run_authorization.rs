@@ -9,12 +9,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use agent_runner_state_tests::{Backend, TestDb};
 use migration::{Migrator, MigratorTrait};
 use serde_json::json;
 use service::run::{RunRegistry, RunSession, RunStateError, StateCall};
 use service::store::StateContext;
 use service::{Actor, Binding, Event, IdentityColumns, Scope, StatePolicy};
+use testkit::{Backend, TestDb};
 
 const RUNNER: &str = "plugin:test/runner/default";
 const OWNER: &str = "test/runner";

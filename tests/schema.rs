@@ -1,11 +1,11 @@
 //! The schema migration on every backend: create, adopt LangBot's table,
 //! converge on one schema, and round-trip `down` without losing anything.
 
-use agent_runner_state_tests::{Backend, TestDb, on_every_backend, with_snapshots};
 use migration::catalog::{self, TableSchema};
 use migration::origin::{ORIGIN_TABLE, Origin, recorded_origin};
 use migration::schema::{INDEXES, LEGACY_SCOPE_KEY_INDEX, TABLE, UNIQUE_KEY};
 use migration::{Migrator, MigratorTrait};
+use testkit::{Backend, TestDb, on_every_backend, with_snapshots};
 
 const ROWS: &str = "SELECT * FROM agent_runner_state ORDER BY id";
 const PIPELINES: &str = "SELECT uuid, name, config FROM legacy_pipelines ORDER BY uuid";

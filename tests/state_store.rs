@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use agent_runner_state_tests::{TestDb, on_every_topology, with_snapshots};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::TransactionTrait;
 use serde_json::{Value, json};
 use service::store::{MAX_VALUE_BYTES, StateContext, StateStore};
 use service::{Actor, Binding, Event, IdentityColumns, Scope, StateError, StatePolicy, Subject};
+use testkit::{TestDb, on_every_topology, with_snapshots};
 
 const RUNNER: &str = "plugin:test/runner/default";
 

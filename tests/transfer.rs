@@ -6,9 +6,9 @@
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use agent_runner_state_tests::{Backend, TestDb, admin_bin, on_every_topology};
 use migration::{Migrator, MigratorTrait};
 use serde_json::{Value, json};
+use testkit::{Backend, TestDb, admin_bin, on_every_topology};
 
 fn admin(args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(admin_bin())
@@ -299,8 +299,8 @@ async fn copy_resumes_after_a_kill_and_refuses_conflicts_first() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let progress = || agent_runner_state_tests::committed_rows(&b.db, "agent_runner_state");
-    let kill = agent_runner_state_tests::kill_when(child, 1_000, progress).await;
+    let progress = || testkit::committed_rows(&b.db, "agent_runner_state");
+    let kill = testkit::kill_when(child, 1_000, progress).await;
     assert!(kill.done > 0 && kill.done < 8_000, "{kill:?}");
     eprintln!("copy killed with {} of 8000 rows in the target", kill.done);
     let out = admin(&["copy", "--from", &a.url, "--to", &b.url], None);

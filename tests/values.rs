@@ -5,7 +5,6 @@
 //! shape round-trip through `set` and `get`; what cannot be represented is a
 //! typed error naming the key, never a changed or dropped value.
 
-use agent_runner_state_tests::{TestDb, on_every_topology};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectionTrait, Statement};
 use serde_json::{Map, Value};
@@ -13,6 +12,7 @@ use service::value::{MAX_VALUE_DEPTH, ValueError, decode};
 use service::{
     Actor, Binding, Event, IdentityColumns, Scope, StateContext, StateError, StatePolicy,
 };
+use testkit::{TestDb, on_every_topology};
 
 fn ctx() -> StateContext {
     let event = Event {
@@ -326,7 +326,7 @@ impl Rng {
 
 async fn random_values_round_trip(t: TestDb) {
     Migrator::up(&t.db, None).await.unwrap();
-    let seed = agent_runner_state_tests::kill_seed();
+    let seed = testkit::kill_seed();
     eprintln!("value seed {seed} (KILL_SEED={seed} replays it)");
     let mut rng = Rng(seed);
     let c = ctx();

@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use agent_runner_state_tests::read_vectors;
 use serde::Deserialize;
 use service::identity::{Binding, Event, IdentityColumns, Scope, binding_identity};
+use testkit::read_vectors;
 
 #[derive(Deserialize)]
 struct ScopeKeyCase {

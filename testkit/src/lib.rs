@@ -1,14 +1,4 @@
-//! Test support for the workspace's top-level `tests/`: a database of its own
-//! per test on each backend, LangBot's DDL, the reference vectors, and the
-//! migration binary.
-//!
-//! Base URLs come from `TEST_POSTGRES_URL` and `TEST_MYSQL_URL`
-//! (`scripts/test-dbs.sh` prints them). A backend whose URL is missing or
-//! unreachable fails its tests: nothing is skipped silently. `TEST_BACKENDS`
-//! (e.g. `sqlite`) narrows the backends for a quick local run: scripts/test.sh
-//! filters the other backends' tests out, so nextest reports them as
-//! skipped; a test of a left-out backend that runs anyway fails. Under
-//! `CI=true` it must name all three.
+#![doc = include_str!("../README.md")]
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -596,13 +586,19 @@ macro_rules! on_galera {
     )*};
 }
 
+/// The workspace's top folder (this crate sits in `testkit/`): where
+/// `snapshots/`, `tests/data/` and `../shared` are found from.
+pub fn workspace_root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
 /// The folder of reference vectors: `LANGBOT_VECTORS_DIR` when set, else
 /// `../shared/vectors` beside the project, else the copy in `tests/data/vectors`.
 pub fn vectors_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("LANGBOT_VECTORS_DIR") {
         return PathBuf::from(dir);
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = workspace_root();
     let shared = root.join("../shared/vectors");
     if shared.is_dir() {
         shared
@@ -702,7 +698,7 @@ pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
 /// `snapshots/` folder, and runs `f` under them.
 pub fn with_snapshots<R>(f: impl FnOnce() -> R) -> R {
     let mut settings = insta::Settings::clone_current();
-    settings.set_snapshot_path(concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots"));
+    settings.set_snapshot_path(workspace_root().join("snapshots"));
     settings.set_prepend_module_to_snapshot(false);
     settings.bind(f)
 }

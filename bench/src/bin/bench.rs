@@ -9,15 +9,14 @@
 //! stderr.
 //!
 //! ```sh
-//! cargo run --release --bin bench -- --backend sqlite
-//! cargo run --release --bin bench -- --backend postgres --url "$TEST_POSTGRES_URL"
+//! cargo run --release -p bench --bin bench -- --backend sqlite
+//! cargo run --release -p bench --bin bench -- --backend postgres --url "$TEST_POSTGRES_URL"
 //! ```
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use agent_runner_state_tests::{Backend, TestDb};
 use clap::Parser;
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectionTrait, DatabaseConnection};
@@ -25,6 +24,7 @@ use serde_json::{Value, json};
 use service::{
     Actor, Binding, Event, IdentityColumns, Scope, StateContext, StatePolicy, StateStore,
 };
+use testkit::{Backend, TestDb};
 
 #[derive(Parser)]
 struct Args {

@@ -7,18 +7,18 @@
 //! binary's peak RSS (sampled from /proc). Prints one JSON object.
 //!
 //! ```sh
-//! cargo run --release --bin bench-port -- --backend sqlite --rows 100000
-//! cargo run --release --bin bench-port -- --backend postgres --url "$TEST_POSTGRES_URL"
+//! cargo run --release -p bench --bin bench-port -- --backend sqlite --rows 100000
+//! cargo run --release -p bench --bin bench-port -- --backend postgres --url "$TEST_POSTGRES_URL"
 //! ```
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agent_runner_state_tests::{Backend, TestDb, langbot_ddl};
 use clap::Parser;
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 use serde_json::json;
+use testkit::{Backend, TestDb, langbot_ddl};
 
 #[derive(Parser)]
 struct Args {
@@ -165,7 +165,7 @@ fn release_migration_binary() -> PathBuf {
         .status()
         .expect("cargo build");
     assert!(status.success());
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/migration")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/migration")
 }
 
 #[tokio::main]
