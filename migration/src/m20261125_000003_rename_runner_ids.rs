@@ -21,7 +21,6 @@ use std::time::Instant;
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{
     ConnectionTrait, DbBackend, QueryResult, Statement, TransactionSession, TransactionTrait,
-    Value as SqlValue,
 };
 use serde_json::Value;
 use service::IdentityColumns;
@@ -67,37 +66,147 @@ pub struct RenameSummary {
 const ROW_COLUMNS: &str = "id, runner_id, binding_identity, scope, scope_key, state_key, bot_id, \
     workspace_id, conversation_id, thread_id, actor_type, actor_id, subject_type, subject_id";
 
+/// The state rows this migration reads and writes, as SeaQuery builds them
+/// for the connection's backend: every value a bound parameter, no SQL text
+/// rewritten.
 struct Sql {
     backend: DbBackend,
 }
 
+/// Every column of `agent_runner_state` (the conflicts table has the same).
+const ALL_COLUMNS: &[&str] = &[
+    "id",
+    "runner_id",
+    "binding_identity",
+    "scope",
+    "scope_key",
+    "state_key",
+    "value_json",
+    "bot_id",
+    "workspace_id",
+    "conversation_id",
+    "thread_id",
+    "actor_type",
+    "actor_id",
+    "subject_type",
+    "subject_id",
+    "created_at",
+    "updated_at",
+];
+
+fn col(name: &str) -> Alias {
+    Alias::new(name)
+}
+
+fn state() -> Alias {
+    Alias::new("agent_runner_state")
+}
+
 impl Sql {
-    fn stmt(&self, sql: &str, values: Vec<SqlValue>) -> Statement {
-        let sql = match self.backend {
-            DbBackend::Postgres => {
-                // `?` placeholders, numbered for PostgreSQL.
-                let mut out = String::with_capacity(sql.len() + 8);
-                let mut n = 0;
-                for c in sql.chars() {
-                    if c == '?' {
-                        n += 1;
-                        out.push_str(&format!("${n}"));
-                    } else {
-                        out.push(c);
-                    }
-                }
-                out
-            }
-            _ => sql.to_owned(),
-        };
-        Statement::from_sql_and_values(self.backend, sql, values)
+    fn build<S: sea_orm_migration::sea_orm::StatementBuilder>(&self, stmt: &S) -> Statement {
+        self.backend.build(stmt)
     }
 
-    fn lock(&self) -> &'static str {
-        match self.backend {
-            DbBackend::Sqlite => "",
-            _ => " FOR UPDATE",
+    /// A batch of rows after `after`, locked for the batch's transaction
+    /// (SQLite locks the whole database on write anyway).
+    fn rows_after(&self, after: i64, batch_size: u64) -> Statement {
+        let mut q = Query::select();
+        q.columns(ROW_COLUMNS.split(", ").map(col))
+            .from(state())
+            .and_where(Expr::col(col("id")).gt(after))
+            .order_by(col("id"), Order::Asc)
+            .limit(batch_size);
+        if self.backend != DbBackend::Sqlite {
+            q.lock(LockType::Update);
         }
+        self.build(&q)
+    }
+
+    fn id_by_key(&self, scope_key: &str, state_key: &str) -> Statement {
+        self.build(
+            Query::select()
+                .column(col("id"))
+                .from(state())
+                .and_where(Expr::col(col("scope_key")).eq(scope_key))
+                .and_where(Expr::col(col("state_key")).eq(state_key)),
+        )
+    }
+
+    fn keep_aside(&self, id: i32) -> Statement {
+        let all = || ALL_COLUMNS.iter().map(|c| col(c));
+        self.build(
+            Query::insert()
+                .into_table(col(CONFLICTS_TABLE))
+                .columns(all())
+                .select_from(
+                    Query::select()
+                        .columns(all())
+                        .from(state())
+                        .and_where(Expr::col(col("id")).eq(id))
+                        .to_owned(),
+                )
+                .expect("the same columns on both sides"),
+        )
+    }
+
+    fn delete_row(&self, table: &str, id: i32) -> Statement {
+        self.build(
+            Query::delete()
+                .from_table(col(table))
+                .and_where(Expr::col(col("id")).eq(id)),
+        )
+    }
+
+    fn logged(&self, id: i32) -> Statement {
+        self.build(
+            Query::select()
+                .column(col("id"))
+                .from(col(RENAME_LOG_TABLE))
+                .and_where(Expr::col(col("id")).eq(id)),
+        )
+    }
+
+    fn log(&self, id: i32, runner_id: &str, binding_identity: &str, scope_key: &str) -> Statement {
+        self.build(
+            Query::insert()
+                .into_table(col(RENAME_LOG_TABLE))
+                .columns(["id", "runner_id", "binding_identity", "scope_key"].map(col))
+                .values_panic([
+                    id.into(),
+                    runner_id.into(),
+                    binding_identity.into(),
+                    scope_key.into(),
+                ]),
+        )
+    }
+
+    fn set_ids(
+        &self,
+        id: i32,
+        runner_id: &str,
+        binding_identity: &str,
+        scope_key: &str,
+    ) -> Statement {
+        self.build(
+            Query::update()
+                .table(state())
+                .values([
+                    (col("runner_id"), runner_id.into()),
+                    (col("binding_identity"), binding_identity.into()),
+                    (col("scope_key"), scope_key.into()),
+                ])
+                .and_where(Expr::col(col("id")).eq(id)),
+        )
+    }
+
+    fn log_page(&self, batch_size: u64) -> Statement {
+        self.build(
+            Query::select()
+                .columns(["id", "runner_id", "binding_identity", "scope_key"].map(col))
+                .from(col(RENAME_LOG_TABLE))
+                .order_by(col("id"), Order::Asc)
+                .limit(batch_size),
+        )
     }
 }
 
@@ -281,15 +390,7 @@ where
     C: ConnectionTrait + TransactionTrait,
 {
     let txn = db.begin().await?;
-    let rows = txn
-        .query_all_raw(sql.stmt(
-            &format!(
-                "SELECT {ROW_COLUMNS} FROM agent_runner_state WHERE id > ? ORDER BY id LIMIT {batch_size}{}",
-                sql.lock()
-            ),
-            vec![after.into()],
-        ))
-        .await?;
+    let rows = txn.query_all_raw(sql.rows_after(after, batch_size)).await?;
     let Some(last) = rows.last() else {
         txn.commit().await?;
         return Ok(None);
@@ -317,27 +418,15 @@ where
             continue;
         };
         let taken = txn
-            .query_one_raw(sql.stmt(
-                "SELECT id FROM agent_runner_state WHERE scope_key = ? AND state_key = ?",
-                vec![new.scope_key.clone().into(), state_key.clone().into()],
-            ))
+            .query_one_raw(sql.id_by_key(&new.scope_key, &state_key))
             .await?
             .map(|r| r.try_get_by_index::<i32>(0))
             .transpose()?;
         if taken.is_some_and(|other| other != id) {
             // The existing row wins; this one is kept aside, whole.
-            txn.execute_raw(sql.stmt(
-                &format!(
-                    "INSERT INTO {CONFLICTS_TABLE} SELECT * FROM agent_runner_state WHERE id = ?"
-                ),
-                vec![id.into()],
-            ))
-            .await?;
-            txn.execute_raw(sql.stmt(
-                "DELETE FROM agent_runner_state WHERE id = ?",
-                vec![id.into()],
-            ))
-            .await?;
+            txn.execute_raw(sql.keep_aside(id)).await?;
+            txn.execute_raw(sql.delete_row("agent_runner_state", id))
+                .await?;
             summary.conflicts += 1;
             tracing::warn!(
                 row = id,
@@ -347,36 +436,18 @@ where
             );
             continue;
         }
-        let logged = txn
-            .query_one_raw(sql.stmt(
-                &format!("SELECT id FROM {RENAME_LOG_TABLE} WHERE id = ?"),
-                vec![id.into()],
-            ))
-            .await?;
+        let logged = txn.query_one_raw(sql.logged(id)).await?;
         if logged.is_none() {
-            txn.execute_raw(sql.stmt(
-                &format!(
-                    "INSERT INTO {RENAME_LOG_TABLE} (id, runner_id, binding_identity, scope_key) VALUES (?, ?, ?, ?)"
-                ),
-                vec![
-                    id.into(),
-                    identity.runner_id.clone().into(),
-                    identity.binding_identity.clone().into(),
-                    scope_key.into(),
-                ],
+            txn.execute_raw(sql.log(
+                id,
+                &identity.runner_id,
+                &identity.binding_identity,
+                &scope_key,
             ))
             .await?;
         }
-        txn.execute_raw(sql.stmt(
-            "UPDATE agent_runner_state SET runner_id = ?, binding_identity = ?, scope_key = ? WHERE id = ?",
-            vec![
-                new.runner_id.into(),
-                new.binding_identity.into(),
-                new.scope_key.into(),
-                id.into(),
-            ],
-        ))
-        .await?;
+        txn.execute_raw(sql.set_ids(id, &new.runner_id, &new.binding_identity, &new.scope_key))
+            .await?;
         summary.renamed += 1;
     }
     txn.commit().await?;
@@ -399,15 +470,7 @@ where
     if catalog::table_exists(db, RENAME_LOG_TABLE).await? {
         loop {
             let txn = db.begin().await?;
-            let rows = txn
-                .query_all_raw(sql.stmt(
-                    &format!(
-                        "SELECT id, runner_id, binding_identity, scope_key FROM {RENAME_LOG_TABLE} \
-                         ORDER BY id LIMIT {batch_size}"
-                    ),
-                    vec![],
-                ))
-                .await?;
+            let rows = txn.query_all_raw(sql.log_page(batch_size)).await?;
             if rows.is_empty() {
                 txn.commit().await?;
                 break;
@@ -419,16 +482,10 @@ where
                     row.try_get_by_index(2)?,
                     row.try_get_by_index(3)?,
                 );
-                txn.execute_raw(sql.stmt(
-                    "UPDATE agent_runner_state SET runner_id = ?, binding_identity = ?, scope_key = ? WHERE id = ?",
-                    vec![runner_id.into(), binding_identity.into(), scope_key.into(), id.into()],
-                ))
-                .await?;
-                txn.execute_raw(sql.stmt(
-                    &format!("DELETE FROM {RENAME_LOG_TABLE} WHERE id = ?"),
-                    vec![id.into()],
-                ))
-                .await?;
+                txn.execute_raw(sql.set_ids(id, &runner_id, &binding_identity, &scope_key))
+                    .await?;
+                txn.execute_raw(sql.delete_row(RENAME_LOG_TABLE, id))
+                    .await?;
             }
             txn.commit().await?;
         }
