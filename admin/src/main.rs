@@ -21,7 +21,7 @@ use sea_orm::{
     Statement, TransactionSession, TransactionTrait,
 };
 use serde_json::{Value, json};
-use service::connection::{DbUrl, Pooler};
+use service::connection::{DbUrl, PooledSession, Pooler};
 use service::{Actor, Binding, Event, IdentityColumns, Scope, StateContext, StateStore, Subject};
 
 /// What the commands run on: the pool, or (behind a transaction pooler) one
@@ -253,20 +253,11 @@ async fn run(cli: Cli) -> Result<(), String> {
         // Through a transaction pooler, the whole command is one transaction
         // that drops its prepared statements before it ends; the work runs in
         // a savepoint, so that a failure can still drop them.
-        let txn = db.begin().await.map_err(db_err)?;
-        let work = txn.begin().await.map_err(db_err)?;
-        match execute(&work, cli.command).await {
-            Ok(()) => {
-                work.commit().await.map_err(db_err)?;
-                service::connection::end_pooled_transaction(txn)
-                    .await
-                    .map_err(db_err)
-            }
+        let session = PooledSession::begin(&db).await.map_err(db_err)?;
+        match execute(session.work(), cli.command).await {
+            Ok(()) => session.commit().await.map_err(db_err),
             Err(e) => {
-                work.rollback().await.ok();
-                service::connection::abort_pooled_transaction(txn)
-                    .await
-                    .ok();
+                session.rollback().await.ok();
                 Err(e)
             }
         }

@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use sea_orm_migration::MigrationStatus;
-use sea_orm_migration::sea_orm::{
-    Database, DatabaseConnection, DatabaseExecutor, DbErr, TransactionTrait,
-};
+use sea_orm_migration::sea_orm::{Database, DatabaseConnection, DatabaseExecutor, DbErr};
 use service::connection::{
     ConnectError, DEFAULT_SQLITE_URL, DbUrl, Pooler, batch_connect_options, probe,
     read_only_connect_options, redact,
@@ -359,20 +357,15 @@ async fn in_session(
         return dispatch(db.into(), command).await;
     }
     tracing::info!("through a transaction pooler: the command runs as one transaction");
-    let txn = db.begin().await?;
-    let inner = txn.begin().await?;
-    let result = dispatch(DatabaseExecutor::Transaction(&inner), command).await;
+    let session = service::connection::PooledSession::begin(db).await?;
+    let result = dispatch(DatabaseExecutor::Transaction(session.work()), command).await;
     match result {
         Ok(code) => {
-            inner.commit().await?;
-            service::connection::end_pooled_transaction(txn).await?;
+            session.commit().await?;
             Ok(code)
         }
         Err(e) => {
-            inner.rollback().await.ok();
-            service::connection::abort_pooled_transaction(txn)
-                .await
-                .ok();
+            session.rollback().await.ok();
             Err(e)
         }
     }

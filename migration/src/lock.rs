@@ -230,17 +230,16 @@ pub async fn ensure_table(db: &DatabaseConnection) -> Result<(), DbErr> {
 /// # Errors
 /// A database error.
 pub async fn read_lock(db: &DatabaseConnection, pooler: Pooler) -> Result<Option<LockRow>, DbErr> {
-    use sea_orm_migration::sea_orm::TransactionTrait;
     if pooler == Pooler::Transaction {
-        let txn = db.begin().await?;
-        let row = read_lock_on(&txn).await;
+        let session = service::connection::PooledSession::begin(db).await?;
+        let row = read_lock_on(session.work()).await;
         match row {
             Ok(row) => {
-                service::connection::end_pooled_transaction(txn).await?;
+                session.commit().await?;
                 Ok(row)
             }
             Err(e) => {
-                txn.rollback().await.ok();
+                session.rollback().await.ok();
                 Err(e)
             }
         }

@@ -335,19 +335,53 @@ pub async fn end_pooled_transaction(txn: sea_orm::DatabaseTransaction) -> Result
     txn.commit().await
 }
 
-/// Rolls back a transaction that ran through a transaction pooler, dropping
-/// its prepared statements first (they outlive a rollback). Only a
-/// transaction that is not in an aborted state can do so: run the work in a
-/// savepoint ([`sea_orm::TransactionTrait::begin`] on the transaction) and
-/// roll that back first.
-///
-/// # Errors
-/// A database error.
-pub async fn abort_pooled_transaction(txn: sea_orm::DatabaseTransaction) -> Result<(), DbErr> {
-    use sea_orm::ConnectionTrait;
-    let dropped = txn.execute_unprepared("DEALLOCATE ALL").await;
-    txn.rollback().await?;
-    dropped.map(|_| ())
+/// One unit of work through a transaction pooler: a transaction whose work
+/// runs in a savepoint, so that whether the work succeeds or fails the
+/// transaction can still drop the prepared statements the driver made (they
+/// outlive a rollback, and an aborted transaction runs nothing) before it
+/// ends. The one place the binaries and the bench do this.
+pub struct PooledSession {
+    outer: sea_orm::DatabaseTransaction,
+    work: sea_orm::DatabaseTransaction,
+}
+
+impl PooledSession {
+    /// Begins the transaction and the savepoint the work runs in.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn begin(db: &DatabaseConnection) -> Result<Self, DbErr> {
+        use sea_orm::TransactionTrait;
+        let outer = db.begin().await?;
+        let work = outer.begin().await?;
+        Ok(Self { outer, work })
+    }
+
+    /// Where the work runs.
+    pub fn work(&self) -> &sea_orm::DatabaseTransaction {
+        &self.work
+    }
+
+    /// Keeps the work, drops the prepared statements, commits.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn commit(self) -> Result<(), DbErr> {
+        self.work.commit().await?;
+        end_pooled_transaction(self.outer).await
+    }
+
+    /// Undoes the work, drops the prepared statements, rolls back.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn rollback(self) -> Result<(), DbErr> {
+        use sea_orm::ConnectionTrait;
+        self.work.rollback().await?;
+        let dropped = self.outer.execute_unprepared("DEALLOCATE ALL").await;
+        self.outer.rollback().await?;
+        dropped.map(|_| ())
+    }
 }
 
 #[cfg(test)]

@@ -581,12 +581,11 @@ async fn main() {
     }
     if pooled() {
         // Through the pooler: one transaction that drops its statements.
-        use sea_orm::TransactionTrait;
-        let txn = db.begin().await.unwrap();
-        Migrator::up(&txn, None).await.unwrap();
-        service::connection::end_pooled_transaction(txn)
+        let session = service::connection::PooledSession::begin(&db)
             .await
             .unwrap();
+        Migrator::up(session.work(), None).await.unwrap();
+        session.commit().await.unwrap();
     } else {
         Migrator::up(&*db, None).await.unwrap();
     }
