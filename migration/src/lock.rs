@@ -180,25 +180,22 @@ fn holder_id() -> String {
 /// serialization failure): the lock is held elsewhere, try again.
 fn lost_race(e: &DbErr) -> bool {
     use sea_orm_migration::sea_orm::{RuntimeErr, SqlErr};
-    if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) {
+    if service::retry::is_transient(e)
+        || matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
+    {
         return true;
     }
+    // A table made by a racing `CREATE TABLE IF NOT EXISTS`.
     let (DbErr::Exec(RuntimeErr::SqlxError(err)) | DbErr::Query(RuntimeErr::SqlxError(err))) = e
     else {
         return false;
     };
-    let Some(db) = err.as_database_error() else {
-        return false;
-    };
-    if let Some(my) =
+    err.as_database_error().is_some_and(|db| {
         db.try_downcast_ref::<sea_orm_migration::sea_orm::sqlx::mysql::MySqlDatabaseError>()
-    {
-        return matches!(my.number(), 1213 | 1205 | 1062 | 1050);
-    }
-    matches!(
-        db.code().as_deref(),
-        Some("40001" | "40P01" | "23505" | "42P07")
-    )
+            .map_or(db.code().as_deref() == Some("42P07"), |my| {
+                my.number() == 1050
+            })
+    })
 }
 
 /// Runs one statement of the lease protocol by the simple query protocol
