@@ -263,16 +263,6 @@ fn to_model(line: Line) -> Result<Model, LineError> {
     })
 }
 
-/// Timestamps as `backend` keeps them: MySQL's `DATETIME` (LangBot's DDL)
-/// holds whole seconds.
-fn kept(backend: DbBackend, t: NaiveDateTime) -> NaiveDateTime {
-    use chrono::SubsecRound;
-    match backend {
-        DbBackend::MySql => t.trunc_subsecs(0),
-        _ => t.trunc_subsecs(6),
-    }
-}
-
 /// Whether two rows hold the same columns (all but `id`).
 fn same(a: &Model, b: &Model) -> bool {
     Model { id: 0, ..a.clone() } == Model { id: 0, ..b.clone() }
@@ -348,8 +338,8 @@ async fn apply_batch<C: ConnectionTrait>(
     }
     let backend = txn.get_database_backend();
     for (_, m) in batch.iter_mut() {
-        m.created_at = kept(backend, m.created_at);
-        m.updated_at = kept(backend, m.updated_at);
+        m.created_at = service::store::as_stored(backend, m.created_at);
+        m.updated_at = service::store::as_stored(backend, m.updated_at);
     }
     // Both columns narrow the lookup: a scope may hold many keys, and a key
     // name recur in many scopes.

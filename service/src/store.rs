@@ -545,10 +545,16 @@ pub fn max_chars(column: Column) -> usize {
 /// Timestamps as the columns keep them: naive UTC, to the microsecond (to
 /// the second on MySQL's `DATETIME`, which would otherwise round up).
 pub fn now(backend: DbBackend) -> NaiveDateTime {
-    let now = Utc::now().naive_utc();
+    as_stored(backend, Utc::now().naive_utc())
+}
+
+/// `t` as the timestamp columns keep it on `backend`: to the microsecond,
+/// to the second on MySQL's `DATETIME` (LangBot's DDL), which would
+/// otherwise round up.
+pub fn as_stored(backend: DbBackend, t: NaiveDateTime) -> NaiveDateTime {
     match backend {
-        DbBackend::MySql => now.trunc_subsecs(0),
-        _ => now.trunc_subsecs(6),
+        DbBackend::MySql => t.trunc_subsecs(0),
+        _ => t.trunc_subsecs(6),
     }
 }
 
