@@ -17,8 +17,8 @@ use clap::{Args, Parser, Subcommand};
 use entity::agent_runner_state::{COLUMN, Column, Entity, Model};
 use filter::Filter;
 use sea_orm::{
-    ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    Statement, TransactionSession, TransactionTrait,
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Statement, TransactionSession, TransactionTrait,
 };
 use serde_json::{Value, json};
 use service::connection::{DbUrl, PooledSession, Pooler};
@@ -240,15 +240,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             "sqlite://agent_runner_state.db?mode=rw".to_owned()
         }
     };
-    let pooler = DbUrl::parse(&url)
-        .map_err(|e| format!("cannot connect: {e}"))?
-        .pooler();
-    service::connection::probe(&url)
-        .await
-        .map_err(|cause| format!("cannot connect: {cause}"))?;
-    let db = service::connection::connect(&url)
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
+    let (db, pooler) = open(&url).await?;
     let result = if pooler == Pooler::Transaction {
         // Through a transaction pooler, the whole command is one transaction
         // that drops its prepared statements before it ends; the work runs in
@@ -286,28 +278,37 @@ async fn execute<C: Db>(db: &C, command: Command) -> Result<(), String> {
     }
 }
 
+/// Checks `url`, asks the server why it cannot be reached (a pool only says
+/// it timed out), and connects: every command's way in.
+async fn open(url: &str) -> Result<(DatabaseConnection, Pooler), String> {
+    let fail = |cause: String| {
+        format!(
+            "cannot connect to {}: {cause}",
+            service::connection::redact(url)
+        )
+    };
+    let pooler = DbUrl::parse(url).map_err(|e| fail(e.to_string()))?.pooler();
+    service::connection::probe(url)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let db = service::connection::connect(url)
+        .await
+        .map_err(|e| fail(db_err(e)))?;
+    Ok((db, pooler))
+}
+
 /// `state-admin copy`: both ends reached as any command reaches its one.
 async fn copy(from: &str, to: &str, overwrite: bool) -> Result<(), String> {
-    let open = |url: &str| {
-        let url = url.to_owned();
-        async move {
-            let parsed = DbUrl::parse(&url).map_err(|e| format!("cannot connect: {e}"))?;
-            if parsed.pooler() == Pooler::Transaction {
-                return Err(format!(
-                    "copy needs a direct URL, not one through a transaction pooler: {}",
-                    parsed.redacted()
-                ));
-            }
-            service::connection::probe(&url).await.map_err(|cause| {
-                format!(
-                    "cannot connect to {}: {cause}",
-                    service::connection::redact(&url)
-                )
-            })?;
-            service::connection::connect(&url).await.map_err(db_err)
-        }
+    let direct = |url: &str| match DbUrl::parse(url) {
+        Ok(u) if u.pooler() == Pooler::Transaction => Err(format!(
+            "copy needs a direct URL, not one through a transaction pooler: {}",
+            u.redacted()
+        )),
+        _ => Ok(()),
     };
-    let (source, target) = (open(from).await?, open(to).await?);
+    direct(from)?;
+    direct(to)?;
+    let (source, target) = (open(from).await?.0, open(to).await?.0);
     let result = transfer::copy(&source, &target, overwrite).await;
     source.close().await.ok();
     target.close().await.ok();
