@@ -515,20 +515,44 @@ where
 macro_rules! on_every_backend {
     ($($scenario:ident),* $(,)?) => {$(
         mod $scenario {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                $crate::run_on($crate::Backend::Sqlite, stringify!($scenario), super::$scenario).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                $crate::run_on($crate::Backend::Postgres, stringify!($scenario), super::$scenario).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn mysql() {
-                $crate::run_on($crate::Backend::MySql, stringify!($scenario), super::$scenario).await
-            }
+            $crate::__backend_tests!($scenario);
         }
     )*};
+}
+
+/// The three direct-backend tests of a scenario (shared by the macros).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __backend_tests {
+    ($scenario:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn sqlite() {
+            $crate::run_on(
+                $crate::Backend::Sqlite,
+                stringify!($scenario),
+                super::$scenario,
+            )
+            .await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn postgres() {
+            $crate::run_on(
+                $crate::Backend::Postgres,
+                stringify!($scenario),
+                super::$scenario,
+            )
+            .await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn mysql() {
+            $crate::run_on(
+                $crate::Backend::MySql,
+                stringify!($scenario),
+                super::$scenario,
+            )
+            .await
+        }
+    };
 }
 
 /// As [`on_every_backend!`], and also on the production topologies: a
@@ -540,18 +564,7 @@ macro_rules! on_every_backend {
 macro_rules! on_every_topology {
     ($($scenario:ident),* $(,)?) => {$(
         mod $scenario {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                $crate::run_on($crate::Backend::Sqlite, stringify!($scenario), super::$scenario).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                $crate::run_on($crate::Backend::Postgres, stringify!($scenario), super::$scenario).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn mysql() {
-                $crate::run_on($crate::Backend::MySql, stringify!($scenario), super::$scenario).await
-            }
+            $crate::__backend_tests!($scenario);
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres_tls() {
                 $crate::run_on_topology($crate::Backend::Postgres, $crate::Topology::Tls, stringify!($scenario), super::$scenario).await
@@ -738,18 +751,31 @@ pub async fn committed_rows(db: &DatabaseConnection, table: &str) -> u64 {
 pub fn kill_points(seed: u64, n: u64, total: u64) -> Vec<u64> {
     let (low, high) = (total * 5 / 100, total * 85 / 100);
     let band = (high - low) / n;
-    let mut state = seed;
+    let mut rng = SplitMix64(seed);
     (0..n)
-        .map(|i| {
-            // SplitMix64: a good spread from any seed, no dependency.
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (low + i * band + 1 + z % band.max(1)).max(1)
-        })
+        .map(|i| (low + i * band + 1 + rng.next() % band.max(1)).max(1))
         .collect()
+}
+
+/// SplitMix64: a small seedable generator with a good spread from any seed,
+/// for the tests' drawn kill points and generated values.
+#[derive(Clone, Debug)]
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    /// The next 64 random bits.
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
 }
 
 /// The seed of this run's kill points: `KILL_SEED` when set (to replay a
