@@ -753,7 +753,7 @@ pub fn kill_points(seed: u64, n: u64, total: u64) -> Vec<u64> {
     let band = (high - low) / n;
     let mut rng = SplitMix64(seed);
     (0..n)
-        .map(|i| (low + i * band + 1 + rng.next() % band.max(1)).max(1))
+        .map(|i| (low + i * band + 1 + rng.next_u64() % band.max(1)).max(1))
         .collect()
 }
 
@@ -764,7 +764,7 @@ pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
     /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -774,7 +774,7 @@ impl SplitMix64 {
 
     /// A number below `n`.
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.next_u64() % n
     }
 }
 
