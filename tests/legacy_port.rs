@@ -6,10 +6,7 @@ use migration::port::{BACKUP_TABLE, port_all};
 use migration::{Migrator, MigratorTrait, catalog};
 use serde_json::Value;
 use service::legacy::{Ported, port_config};
-use testkit::{
-    Backend, TestDb, committed_rows, kill_points, kill_seed, kill_when, on_every_backend,
-    read_vectors,
-};
+use testkit::{Backend, TestDb, committed_rows, kill_four_times, on_every_backend, read_vectors};
 
 /// Shapes the rules cannot apply to: left byte for byte, and reported. (Text
 /// that is not JSON at all fits only SQLite's column: PostgreSQL's `json` and
@@ -153,23 +150,12 @@ async fn killed_and_rerun(t: TestDb) {
     // The schema first; the killed runs apply the port alone, by name.
     Migrator::up(&t.db, Some(1)).await.unwrap();
     let spawn = |args: &[&str]| t.spawn_migration(200, args);
-    let seed = kill_seed();
-    eprintln!("kill seed {seed} (KILL_SEED={seed} replays it)");
-    let mut kills = Vec::new();
-    for at in kill_points(seed, 4, changed) {
-        let child = spawn(&["up", "--to", PORT]);
-        let kill = kill_when(child, at, || committed_rows(&t.db, BACKUP_TABLE)).await;
-        kills.push(kill);
-    }
-    eprintln!("kills of {changed} rows (threshold, committed at death): {kills:?}");
-    let mut last = 0;
-    for kill in &kills {
-        assert!(
-            kill.done >= kill.at && kill.done > last && kill.done < changed,
-            "a kill did not land mid-run, past the one before: {kills:?}"
-        );
-        last = kill.done;
-    }
+    kill_four_times(
+        changed,
+        || spawn(&["up", "--to", PORT]),
+        || committed_rows(&t.db, BACKUP_TABLE),
+    )
+    .await;
     let out = spawn(&["up", "--to", PORT]).wait_with_output().unwrap();
     assert!(out.status.success(), "final run failed");
     let status = t.migration_status().await;

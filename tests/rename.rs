@@ -10,9 +10,7 @@ use migration::{Migrator, MigratorTrait, catalog};
 use serde_json::{Value, json};
 use service::rename::{Renames, rename_row};
 use service::{Actor, Binding, Event, IdentityColumns, Scope, StateContext, StateStore};
-use testkit::{
-    TestDb, committed_rows, kill_points, kill_seed, kill_when, on_every_backend, read_vectors,
-};
+use testkit::{TestDb, committed_rows, kill_four_times, on_every_backend, read_vectors};
 
 const STATE_ROWS: &str = "SELECT id, runner_id, binding_identity, scope, scope_key, state_key, value_json, \
     bot_id, workspace_id, conversation_id, thread_id, actor_type, actor_id, subject_type, subject_id \
@@ -274,21 +272,7 @@ async fn killed_and_rerun(t: TestDb) {
         committed_rows(&t.db, CONFIG_BACKUP_TABLE).await
             + committed_rows(&t.db, RENAME_LOG_TABLE).await
     };
-    let seed = kill_seed();
-    eprintln!("kill seed {seed} (KILL_SEED={seed} replays it)");
-    let mut kills = Vec::new();
-    for at in kill_points(seed, 4, total) {
-        kills.push(kill_when(spawn(&["up", "--to", RENAME]), at, progress).await);
-    }
-    eprintln!("kills of {total} rows (threshold, committed at death): {kills:?}");
-    let mut last = 0;
-    for kill in &kills {
-        assert!(
-            kill.done >= kill.at && kill.done > last && kill.done < total,
-            "a kill did not land mid-run, past the one before: {kills:?}"
-        );
-        last = kill.done;
-    }
+    kill_four_times(total, || spawn(&["up", "--to", RENAME]), progress).await;
     assert!(
         spawn(&["up", "--to", RENAME]).wait().unwrap().success(),
         "final run failed"

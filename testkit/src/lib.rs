@@ -757,6 +757,37 @@ pub fn kill_points(seed: u64, n: u64, total: u64) -> Vec<u64> {
         .collect()
 }
 
+/// Kills a run four times at progress drawn from a fresh, printed seed
+/// ([`kill_points`] over `total` rows): each time `spawn` starts the run and
+/// [`kill_when`] kills it once `progress` reaches the point. Asserts every
+/// kill landed mid-run (some rows done, not all) and past the one before.
+///
+/// # Panics
+/// When a kill did not land mid-run.
+pub async fn kill_four_times<S, F, Fut>(total: u64, spawn: S, progress: F) -> Vec<Kill>
+where
+    S: Fn() -> std::process::Child,
+    F: Fn() -> Fut + Copy,
+    Fut: std::future::Future<Output = u64>,
+{
+    let seed = kill_seed();
+    eprintln!("kill seed {seed} (KILL_SEED={seed} replays it)");
+    let mut kills = Vec::new();
+    for at in kill_points(seed, 4, total) {
+        kills.push(kill_when(spawn(), at, progress).await);
+    }
+    eprintln!("kills of {total} rows (threshold, committed at death): {kills:?}");
+    let mut last = 0;
+    for kill in &kills {
+        assert!(
+            kill.done >= kill.at && kill.done > last && kill.done < total,
+            "a kill did not land mid-run, past the one before: {kills:?}"
+        );
+        last = kill.done;
+    }
+    kills
+}
+
 /// SplitMix64: a small seedable generator with a good spread from any seed,
 /// for the tests' drawn kill points and generated values.
 #[derive(Clone, Debug)]
