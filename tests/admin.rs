@@ -260,6 +260,67 @@ async fn hostile_filters_are_data(t: TestDb) {
     assert_eq!(count(&t).await, before);
 }
 
+/// The library under the binary: typed results and errors. Behind a
+/// transaction pooler it runs, as the binary does, in a `PooledSession`.
+async fn the_library_answers_in_types(t: TestDb) {
+    use service::connection::{DbUrl, PooledSession, Pooler};
+    seed(&t).await;
+    if DbUrl::parse(&t.url).unwrap().pooler() == Pooler::Transaction {
+        let session = PooledSession::begin(&t.app_db).await.unwrap();
+        library_checks(session.work()).await;
+        session.commit().await.unwrap();
+    } else {
+        library_checks(&t.app_db).await;
+    }
+    assert_eq!(count(&t).await, 7, "the purge is not visible afterwards");
+}
+
+async fn library_checks<C: sea_orm::ConnectionTrait + sea_orm::TransactionTrait>(db: &C) {
+    use service::admin::{AdminError, Filter, PurgeGroup};
+    let stats = service::admin::stats(db).await.unwrap();
+    let runners: Vec<(&str, i64)> = stats
+        .by_runner_id
+        .iter()
+        .map(|g| (g.name.as_str(), g.rows))
+        .collect();
+    assert_eq!(runners, [(OTHER_RUNNER, 2), (RUNNER, 7)]);
+    assert!(stats.by_scope.iter().all(|g| g.value_bytes > 0));
+
+    let unfiltered = Filter {
+        scope: Some(Scope::Actor),
+        ..Filter::default()
+    };
+    assert!(matches!(
+        service::admin::purge(db, &unfiltered, true).await,
+        Err(AdminError::PurgeUnfiltered)
+    ));
+    let bob = Filter {
+        actor_id: Some("Bob".into()),
+        runner: Some(OTHER_RUNNER.into()),
+        ..Filter::default()
+    };
+    let dry = service::admin::purge(db, &bob, false).await.unwrap();
+    let expected = ["actor", "conversation"].map(|scope| PurgeGroup {
+        runner_id: OTHER_RUNNER.into(),
+        scope: scope.into(),
+        rows: 1,
+    });
+    assert_eq!(
+        (dry.groups.as_slice(), dry.total, dry.deleted),
+        (&expected[..], 2, false)
+    );
+    let mut ids = Vec::new();
+    let seen = service::admin::for_each_row(db, &bob, |row| {
+        ids.push(row.id);
+        Ok::<_, sea_orm::DbErr>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!((seen, ids.is_sorted()), (2, true));
+    let done = service::admin::purge(db, &bob, true).await.unwrap();
+    assert_eq!((done.total, done.deleted), (2, true));
+}
+
 #[test]
 fn scope_key_matches_the_identity_functions() {
     let out = ok(Command::new(admin_bin())
@@ -295,4 +356,5 @@ on_every_topology!(
     get_by_key_and_by_identity,
     purge_is_exact_and_dry_by_default,
     hostile_filters_are_data,
+    the_library_answers_in_types,
 );

@@ -265,7 +265,7 @@ fn init_tracing(verbose: bool, format: LogFormat) {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, MigrateError> {
-    let url = match cli.database_url.filter(|u| !u.trim().is_empty()) {
+    let url = match service::connection::given_url(cli.database_url) {
         Some(url) => url,
         None => {
             tracing::info!(
@@ -315,9 +315,7 @@ async fn run(cli: Cli) -> Result<ExitCode, MigrateError> {
         .await
         .map_err(|e| MigrateError::Connect {
             url: redact(&url),
-            source: ConnectError::Driver(sea_orm_migration::sea_orm::sqlx::Error::Protocol(
-                one_line(&e),
-            )),
+            source: ConnectError::Pool(e),
         })?;
     let result = match command {
         Command::Lock { action } => lock_command(&db, &url, pooler, action).await,

@@ -20,9 +20,21 @@ use sea_orm::sqlx;
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
 
-/// The embedded default: `agent_runner_state.db` in the working directory,
-/// created if missing.
+/// The embedded default database: this file in the working directory.
+pub const DEFAULT_SQLITE_FILE: &str = "agent_runner_state.db";
+
+/// The embedded default as a URL, created if missing.
 pub const DEFAULT_SQLITE_URL: &str = "sqlite://agent_runner_state.db?mode=rwc";
+
+/// The embedded default as a URL that never creates the file (for tools
+/// that only inspect).
+pub const DEFAULT_SQLITE_URL_EXISTING: &str = "sqlite://agent_runner_state.db?mode=rw";
+
+/// The URL both binaries use: `-u`/`DATABASE_URL` unless blank, else `None`
+/// (the caller then says it uses the embedded default).
+pub fn given_url(given: Option<String>) -> Option<String> {
+    given.filter(|u| !u.trim().is_empty())
+}
 
 /// How long a SQLite writer waits for another before `SQLITE_BUSY`.
 pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -77,6 +89,9 @@ pub enum ConnectError {
     /// database...).
     #[error("{0}")]
     Driver(#[source] sqlx::Error),
+    /// The server answered the probe, but the pool could not open.
+    #[error("the connection pool could not open")]
+    Pool(#[source] DbErr),
 }
 
 /// A database URL, read once: the backend, the pooler, and the URL the

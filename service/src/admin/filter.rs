@@ -1,41 +1,41 @@
-//! Row filters shared by `list`, `export` and `purge`.
+//! Which rows `list`, `export` and `purge` touch.
 
-use clap::Args;
+use crate::Scope;
 use entity::agent_runner_state::{COLUMN, Column, Entity};
 use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, Select};
-use service::Scope;
 
 /// Which rows: every given filter must match, exactly (the key columns
 /// compare by code point, so `Bob` never matches `bob` or `Bob `). Values
 /// are bound as parameters, never spliced into SQL.
-#[derive(Args, Clone, Debug, Default)]
+#[derive(Clone, Debug, Default)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct Filter {
     /// Runner id (`plugin:author/name/runner`).
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub runner: Option<String>,
     /// Binding identity.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub binding: Option<String>,
     /// Bot id.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub bot: Option<String>,
     /// Actor type (with --actor-id).
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub actor_type: Option<String>,
     /// Actor id.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub actor_id: Option<String>,
     /// Conversation id.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub conversation: Option<String>,
     /// Thread id (with --conversation).
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub thread: Option<String>,
     /// Scope: conversation, actor, subject or runner.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub scope: Option<Scope>,
     /// Literal prefix of the state key.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub key_prefix: Option<String>,
 }
 
@@ -63,11 +63,20 @@ impl Filter {
         if let Some(prefix) = self.key_prefix.as_deref().filter(|p| !p.is_empty()) {
             // A code-point range, as the state store lists: never a pattern.
             c = c.add(COLUMN.state_key.gte(prefix));
-            if let Some(end) = service::store::prefix_successor(prefix) {
+            if let Some(end) = crate::store::prefix_successor(prefix) {
                 c = c.add(COLUMN.state_key.lt(end));
             }
         }
         c
+    }
+
+    /// Whether the filter names whose rows these are (an actor, a
+    /// conversation, a runner or a binding), as a purge requires.
+    pub fn names_whose_rows(&self) -> bool {
+        self.actor_id.is_some()
+            || self.conversation.is_some()
+            || self.runner.is_some()
+            || self.binding.is_some()
     }
 
     /// `SELECT ... WHERE <filters>`.

@@ -21,11 +21,13 @@ use chrono::NaiveDateTime;
 use entity::agent_runner_state::{ActiveModel, COLUMN, Column, Entity, Model};
 use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::{
-    ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionSession, TransactionTrait,
+    Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, TransactionSession,
+    TransactionTrait,
 };
 use serde::Deserialize;
 use sha2::Digest;
+
+use super::RowPages;
 
 /// Lines written per round of lookups and inserts.
 const BATCH: usize = 500;
@@ -173,7 +175,7 @@ fn timestamp(field: &'static str, value: &str) -> Result<NaiveDateTime, LineErro
 
 /// A line checked against the columns, as a row.
 fn to_model(line: Line) -> Result<Model, LineError> {
-    use service::store::max_chars;
+    use crate::store::max_chars;
     for (field, value, max) in [
         (
             "runner_id",
@@ -235,7 +237,7 @@ fn to_model(line: Line) -> Result<Model, LineError> {
         (
             "value_json",
             line.value_json.as_ref(),
-            service::store::MAX_VALUE_BYTES,
+            crate::store::MAX_VALUE_BYTES,
         ),
     ] {
         if let Some(v) = value {
@@ -338,8 +340,8 @@ async fn apply_batch<C: ConnectionTrait>(
     }
     let backend = txn.get_database_backend();
     for (_, m) in batch.iter_mut() {
-        m.created_at = service::store::as_stored(backend, m.created_at);
-        m.updated_at = service::store::as_stored(backend, m.updated_at);
+        m.created_at = crate::store::as_stored(backend, m.created_at);
+        m.updated_at = crate::store::as_stored(backend, m.updated_at);
     }
     // Both columns narrow the lookup: a scope may hold many keys, and a key
     // name recur in many scopes.
@@ -465,16 +467,8 @@ where
 pub async fn digest<C: ConnectionTrait>(db: &C, seconds: bool) -> Result<(u64, String), DbErr> {
     use chrono::SubsecRound;
     let (mut rows, mut sum) = (0u64, [0u128; 2]);
-    let mut last_id = 0;
-    loop {
-        let page = Entity::find()
-            .filter(COLUMN.id.gt(last_id))
-            .order_by_asc(Column::Id)
-            .limit(500)
-            .all(db)
-            .await?;
-        let Some(last) = page.last() else { break };
-        last_id = last.id;
+    let mut pages = RowPages::new(Condition::all(), super::PAGE);
+    while let Some(page) = pages.next(db).await? {
         for m in &page {
             let t = |t: NaiveDateTime| if seconds { t.trunc_subsecs(0) } else { t };
             let canonical = serde_json::json!([
@@ -506,25 +500,9 @@ pub async fn digest<C: ConnectionTrait>(db: &C, seconds: bool) -> Result<(u64, S
     Ok((rows, format!("{:032x}{:032x}", sum[0], sum[1])))
 }
 
-/// The next page of source rows after `last_id`, as (row id, row), and the
-/// last id; `None` at the end.
-async fn source_page<A: ConnectionTrait>(
-    from: &A,
-    last_id: i32,
-) -> Result<Option<(Vec<(usize, Model)>, i32)>, DbErr> {
-    let page = Entity::find()
-        .filter(COLUMN.id.gt(last_id))
-        .order_by_asc(Column::Id)
-        .limit(BATCH as u64)
-        .all(from)
-        .await?;
-    let Some(last) = page.last().map(|m| m.id) else {
-        return Ok(None);
-    };
-    Ok(Some((
-        page.into_iter().map(|m| (m.id as usize, m)).collect(),
-        last,
-    )))
+/// A page of source rows as (row id, row), as a batch is numbered.
+fn numbered(page: Vec<Model>) -> Vec<(usize, Model)> {
+    page.into_iter().map(|m| (m.id as usize, m)).collect()
 }
 
 /// What a copy did and found.
@@ -554,24 +532,17 @@ where
     require_migrated(to).await?;
     if !overwrite {
         // Read-only: the same comparison as the writes, rolled back.
-        let mut last_id = 0;
-        loop {
-            let Some((page, last)) = source_page(from, last_id).await? else {
-                break;
-            };
-            last_id = last;
-            let mut batch = page;
+        let mut pages = RowPages::new(Condition::all(), BATCH as u64);
+        while let Some(page) = pages.next(from).await? {
+            let mut batch = numbered(page);
             let mut ignored = ImportSummary::default();
             apply_batch(to, &mut batch, false, &mut ignored, true).await?;
         }
     }
     let mut summary = ImportSummary::default();
-    let mut last_id = 0;
-    loop {
-        let Some((mut batch, last)) = source_page(from, last_id).await? else {
-            break;
-        };
-        last_id = last;
+    let mut pages = RowPages::new(Condition::all(), BATCH as u64);
+    while let Some(page) = pages.next(from).await? {
+        let mut batch = numbered(page);
         summary.lines += batch.len() as u64;
         let txn = to.begin().await?;
         write_batch(&txn, &mut batch, overwrite, &mut summary).await?;
