@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: starts the test databases (installing what is missing),
-# builds the binaries the tests run as processes, and runs every test on
+# and runs every test (nextest's setup script builds the binaries first) on
 # SQLite, PostgreSQL and MariaDB, directly and on the production topologies
 # (TLS-only servers, PgBouncer in transaction mode, a 3-node Galera cluster).
 # Extra arguments go to cargo nextest.
@@ -47,8 +47,6 @@ if [ ${#excluded[@]} -gt 0 ]; then
     echo "test.sh: skipping ${excluded[*]} (nextest counts them as skipped)" >&2
 fi
 
-cargo build --workspace --bins --quiet
-export TEST_BINARIES_BUILT=1
 # Doctests (the crate READMEs) are not run by nextest.
 cargo test --workspace --doc --quiet
 exec cargo nextest run --workspace --no-fail-fast "${filter[@]}" "$@"

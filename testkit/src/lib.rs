@@ -1,7 +1,6 @@
 #![doc = include_str!("../README.md")]
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -662,21 +661,19 @@ pub fn langbot_ddl(backend: Backend) -> Vec<String> {
 
 /// Path of the `migration` binary (see [`workspace_bin`]).
 pub fn migration_bin() -> PathBuf {
-    workspace_bin("migration", "migration")
+    workspace_bin("migration")
 }
 
 /// Path of the `state-admin` binary (see [`workspace_bin`]).
 pub fn admin_bin() -> PathBuf {
-    workspace_bin("admin", "state-admin")
+    workspace_bin("state-admin")
 }
 
-/// Path of binary `bin` of workspace package `package`, next to the test
-/// executable. scripts/test.sh builds the binaries before the tests run and
-/// sets `TEST_BINARIES_BUILT`; without it, the binary is built here (a no-op
-/// when up to date, once per test process), so a plain `cargo nextest run`
-/// never runs a stale binary.
-pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
-    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// Path of binary `bin`, next to the test executable. The binaries are
+/// built before any test runs, by nextest's setup script
+/// (`scripts/build-test-binaries.sh`, which sets `TEST_BINARIES_BUILT`):
+/// a test never runs cargo.
+pub fn workspace_bin(bin: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     // target/<profile>/deps/<test> -> target/<profile>/<bin>
     let profile_dir = exe
@@ -684,26 +681,12 @@ pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
         .and_then(Path::parent)
         .expect("target profile dir");
     let path = profile_dir.join(format!("{bin}{}", std::env::consts::EXE_SUFFIX));
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if built.iter().any(|b| b == bin) {
-        return path;
-    }
-    // scripts/test.sh builds every binary first and says so.
-    let fresh = std::env::var_os("TEST_BINARIES_BUILT").is_some() && path.exists();
-    if !fresh {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "--quiet", "-p", package, "--bin", bin])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo build");
-        assert!(
-            status.success(),
-            "cargo build -p {package} --bin {bin} failed"
-        );
-    }
+    assert!(
+        std::env::var_os("TEST_BINARIES_BUILT").is_some(),
+        "{bin}: run the tests with `cargo nextest run` (its setup script builds the binaries \
+         first) or scripts/test.sh"
+    );
     assert!(path.exists(), "{} not found", path.display());
-    built.push(bin.to_owned());
     path
 }
 
