@@ -189,10 +189,29 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// Connect options for `url`: SQLite files in WAL mode with a busy timeout
-/// (several processes share them), no per-statement logging; behind a
-/// transaction pooler, no statement cache (a cached statement would name a
-/// prepared statement that lives on another server connection).
+/// A pooled connection idle this long is pinged before it is handed out;
+/// one in use more recently goes out as it is (see [`connect_options`]).
+pub const PING_IF_IDLE_FOR: Duration = Duration::from_secs(30);
+
+/// Connections the pool keeps open even when idle: one spare beside the one
+/// in use, so that a task never waits for the pool's check of a connection
+/// just returned.
+pub const MIN_CONNECTIONS: u32 = 2;
+
+/// Connect options for `url`, the settings this workspace recommends to
+/// services that embed the store:
+///
+/// * no ping on every acquire (sqlx's default, a round trip per statement):
+///   only a connection idle for [`PING_IF_IDLE_FOR`] is pinged. A hot
+///   connection that died anyway (a server restart) fails its statement,
+///   the pool drops it, and the store sends a read or an upsert again on
+///   another ([`retry::is_connection_lost`](crate::retry::is_connection_lost));
+/// * [`MIN_CONNECTIONS`] kept open;
+/// * SQLite files in WAL mode with a busy timeout (several processes share
+///   them); no per-statement logging;
+/// * behind a transaction pooler, no statement cache (a cached statement
+///   would name a prepared statement that lives on another server
+///   connection).
 ///
 /// # Errors
 /// As [`DbUrl::parse`].
@@ -202,6 +221,8 @@ pub fn connect_options(url: &str) -> Result<ConnectOptions, ConnectError> {
     opts.sqlx_logging(false)
         .connect_timeout(Duration::from_secs(10))
         .acquire_timeout(Duration::from_secs(30))
+        .test_before_acquire_if_idle_for(PING_IF_IDLE_FOR)
+        .min_connections(MIN_CONNECTIONS)
         .map_sqlx_sqlite_opts(|o: SqliteConnectOptions| {
             o.journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
@@ -247,6 +268,7 @@ pub fn batch_connect_options(url: &str) -> Result<ConnectOptions, ConnectError> 
 pub fn read_only_connect_options(url: &str) -> Result<ConnectOptions, ConnectError> {
     let mut opts = connect_options(url)?;
     opts.max_connections(1)
+        .min_connections(1)
         .map_sqlx_sqlite_opts(|o: SqliteConnectOptions| {
             o.read_only(true).busy_timeout(SQLITE_BUSY_TIMEOUT)
         });

@@ -10,6 +10,11 @@
 //!
 //! A caller's own transaction is never retried behind its back: only the
 //! caller can redo the whole of it.
+//!
+//! Apart from conflicts, [`is_connection_lost`] tells a connection that died
+//! under the statement (a server restart, a failover, a proxy or firewall
+//! dropping it). The pool never hands that connection out again, so a
+//! statement that is safe to send twice can go again on another one.
 
 use std::time::Duration;
 
@@ -35,6 +40,33 @@ pub fn is_transient(e: &DbErr) -> bool {
         db_err.code().as_deref(),
         Some("40001" | "40P01" | "55P03" | "5" | "6" | "261" | "517")
     )
+}
+
+/// Whether `e` says the connection died: the socket failed or closed, or
+/// the server ended the session (PostgreSQL class `57P0x` shutdown or
+/// termination and class `08` connection exceptions; MySQL/MariaDB 1053
+/// shutdown, 1927 killed, 2006 gone away, 2013 lost). Not an error to
+/// acquire a connection: a server that is down stays an error.
+pub fn is_connection_lost(e: &DbErr) -> bool {
+    let (DbErr::Exec(RuntimeErr::SqlxError(err))
+    | DbErr::Query(RuntimeErr::SqlxError(err))
+    | DbErr::Conn(RuntimeErr::SqlxError(err))) = e
+    else {
+        return false;
+    };
+    match &**err {
+        sea_orm::sqlx::Error::Io(_) => true,
+        sea_orm::sqlx::Error::Database(db_err) => {
+            if let Some(my) = db_err.try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>()
+            {
+                return matches!(my.number(), 1053 | 1927 | 2006 | 2013);
+            }
+            db_err
+                .code()
+                .is_some_and(|c| c.starts_with("57P0") || c.starts_with("08"))
+        }
+        _ => false,
+    }
 }
 
 /// The pause before retry number `attempt` (1-based): 10 ms doubling, at

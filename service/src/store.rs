@@ -206,7 +206,8 @@ where
             value_json,
             now(self.db.get_database_backend()),
         );
-        self.retrying("set", || self.exec(stmt.clone())).await?;
+        self.retrying("set", Resend::Safe, || self.exec(stmt.clone()))
+            .await?;
         Ok(())
     }
 
@@ -230,7 +231,7 @@ where
         validate_text("scope_key", scope_key, max_chars(Column::ScopeKey))?;
         let stmt = get_statement(self.db.get_database_backend(), scope_key, key);
         let stored: Option<String> = self
-            .query_texts(stmt, 1)
+            .retrying("get", Resend::Safe, || self.query_texts(stmt.clone(), 1))
             .await?
             .into_iter()
             .next()
@@ -263,7 +264,9 @@ where
                 .filter(COLUMN.state_key.eq(key))
                 .into_query(),
         );
-        let removed = self.retrying("delete", || self.exec(stmt.clone())).await?;
+        let removed = self
+            .retrying("delete", Resend::Never, || self.exec(stmt.clone()))
+            .await?;
         Ok(removed > 0)
     }
 
@@ -291,7 +294,7 @@ where
         }
         let stmt = list_statement(self.db.get_database_backend(), scope_key, prefix, limit + 1);
         let mut keys: Vec<String> = self
-            .query_texts(stmt, 1)
+            .retrying("list", Resend::Safe, || self.query_texts(stmt.clone(), 1))
             .await?
             .into_iter()
             .filter_map(|mut row| row.pop().flatten())
@@ -325,7 +328,12 @@ where
             return Ok(snapshot);
         }
         let stmt = snapshot_statement(self.db.get_database_backend(), wanted.keys().copied());
-        let rows = self.query_texts(stmt, 3).await?.into_iter().map(|mut row| {
+        let rows = self
+            .retrying("snapshot", Resend::Safe, || {
+                self.query_texts(stmt.clone(), 3)
+            })
+            .await?;
+        let rows = rows.into_iter().map(|mut row| {
             let value_json = row.pop().flatten();
             let state_key = row.pop().flatten().unwrap_or_default();
             let scope_key = row.pop().flatten().unwrap_or_default();
@@ -396,27 +404,55 @@ where
         self.set(ctx, scope, key, value).await
     }
 
-    /// Runs `op`, retrying deadlocks and lock timeouts a few times (MariaDB
-    /// reports them under concurrent upserts of one key), unless inside the
-    /// caller's transaction.
-    async fn retrying<T, F, Fut>(&self, what: &str, op: F) -> Result<T, DbErr>
+    /// Runs `op`, unless inside the caller's transaction retrying, a few
+    /// times each:
+    /// * deadlocks and lock timeouts, after a pause (MariaDB reports them
+    ///   under concurrent upserts of one key; Galera at commit);
+    /// * when `resend` says the statement may be sent twice, a connection
+    ///   that died under it (a server restart, a failover), at once: the
+    ///   pool drops that connection and the next try gets another.
+    async fn retrying<T, F, Fut>(&self, what: &str, resend: Resend, op: F) -> Result<T, DbErr>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, DbErr>>,
     {
-        let mut attempt = 0;
+        let (mut conflicts, mut lost) = (0, 0);
         loop {
             match op().await {
-                Err(e) if self.retry && attempt < MAX_RETRIES && crate::retry::is_transient(&e) => {
-                    attempt += 1;
-                    tracing::warn!(attempt, error = %e, "state {what} hit a lock conflict; retrying");
-                    tokio::time::sleep(crate::retry::backoff(attempt)).await;
+                Err(e)
+                    if self.retry && conflicts < MAX_RETRIES && crate::retry::is_transient(&e) =>
+                {
+                    conflicts += 1;
+                    tracing::warn!(attempt = conflicts, error = %e, "state {what} hit a lock conflict; retrying");
+                    tokio::time::sleep(crate::retry::backoff(conflicts)).await;
+                }
+                Err(e)
+                    if self.retry
+                        && resend == Resend::Safe
+                        && lost < MAX_LOST_CONNECTIONS
+                        && crate::retry::is_connection_lost(&e) =>
+                {
+                    lost += 1;
+                    tracing::warn!(attempt = lost, error = %e, "state {what}: the connection died; sending it again on another");
                 }
                 other => return other,
             }
         }
     }
 }
+
+/// Whether a statement may be sent again after its connection died without
+/// saying whether it ran: reads and upserts give the same result twice; a
+/// delete would report "nothing removed" the second time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resend {
+    Safe,
+    Never,
+}
+
+/// Dead connections a statement is resent past: more than a pool holds by
+/// default (10), as after a restart every idle connection may be dead.
+const MAX_LOST_CONNECTIONS: u32 = 16;
 
 /// `conversation_id` is the public name of `external.conversation_id`.
 fn public_key(key: &str) -> &str {

@@ -1,0 +1,232 @@
+//! A live pool outlives its server connections. With the recommended
+//! settings (`service::connection::connect_options`: no ping on every
+//! acquire), a connection the server ended — as a restart, a failover or a
+//! proxy does — is still found out and replaced, and no error reaches the
+//! store's caller: the statement goes again on another connection.
+//!
+//! The server ends every session on the test's database (PostgreSQL
+//! `pg_terminate_backend`, MariaDB `KILL CONNECTION`), which is what a
+//! restart does to a pool, without stopping the server the other tests
+//! share. Server backends only: SQLite has no connection to lose.
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
+use serde_json::json;
+use service::{
+    Actor, Binding, Event, IdentityColumns, Scope, StateContext, StatePolicy, StateStore,
+};
+use testkit::{Backend, TestDb, Topology};
+
+fn ctx(actor: &str) -> StateContext {
+    let event = Event {
+        bot_id: Some("bot-1".into()),
+        conversation_id: Some("c-1".into()),
+        actor: Some(Actor {
+            actor_type: Some("user".into()),
+            actor_id: Some(actor.into()),
+        }),
+        ..Event::default()
+    };
+    let binding = Binding {
+        binding_id: Some("pipeline-1".into()),
+        ..Binding::default()
+    };
+    StateContext::new(IdentityColumns::from_event(
+        "plugin:langbot/local-agent/default",
+        &binding,
+        &event,
+    ))
+}
+
+/// Server sessions on the test's database other than the asking one.
+async fn other_sessions(db: &DatabaseConnection) -> Vec<i64> {
+    let sql = match db.get_database_backend() {
+        DbBackend::Postgres => {
+            "SELECT CAST(pid AS BIGINT) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        }
+        _ => {
+            "SELECT CAST(ID AS SIGNED) FROM information_schema.PROCESSLIST \
+             WHERE DB = DATABASE() AND ID <> CONNECTION_ID()"
+        }
+    };
+    db.query_all_raw(Statement::from_string(db.get_database_backend(), sql))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.try_get_by_index::<i64>(0).unwrap())
+        .collect()
+}
+
+/// Ends every other session on the test's database and waits until the
+/// server reports them gone; how many it ended.
+async fn end_other_sessions(killer: &DatabaseConnection) -> usize {
+    let sessions = other_sessions(killer).await;
+    for id in &sessions {
+        let sql = match killer.get_database_backend() {
+            DbBackend::Postgres => format!("SELECT pg_terminate_backend({id})"),
+            _ => format!("KILL CONNECTION {id}"),
+        };
+        // A session may end by itself meanwhile (MariaDB: unknown thread).
+        let _ = killer.execute_unprepared(&sql).await;
+    }
+    let mut polls = 0;
+    while !other_sessions(killer).await.is_empty() {
+        polls += 1;
+        assert!(polls < 10_000, "the server never ended the sessions");
+        tokio::task::yield_now().await;
+    }
+    sessions.len()
+}
+
+async fn a_pool_survives_its_connections_ending(t: TestDb) {
+    Migrator::up(&t.db, None).await.unwrap();
+    // One connection of its own that the kill spares.
+    let mut options = service::connection::connect_options(&t.direct_url).unwrap();
+    options.max_connections(1).min_connections(1);
+    let killer = Database::connect(options).await.unwrap();
+
+    // The pool under test, as a service would open it, with several
+    // connections open and used.
+    let pool = service::connection::connect(&t.url).await.unwrap();
+    let store = StateStore::new(&pool).pooled(t.pooler());
+    let writers: Vec<_> = (0..8)
+        .map(|i| {
+            let pool = pool.clone();
+            let pooler = t.pooler();
+            tokio::spawn(async move {
+                let store = StateStore::new(&pool).pooled(pooler);
+                store
+                    .set(&ctx(&format!("u-{i}")), Scope::Actor, "seen", &json!(0))
+                    .await
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap().unwrap();
+    }
+    store
+        .set(&ctx("u-0"), Scope::Conversation, "topic", &json!("weather"))
+        .await
+        .unwrap();
+
+    let ended = end_other_sessions(&killer).await;
+    assert!(ended >= 2, "only {ended} sessions were open to end");
+
+    // Every call after the kill succeeds: reads, upserts, a snapshot, and
+    // eight writers at once, each finding dead connections first.
+    let c = ctx("u-0");
+    assert_eq!(
+        store.get(&c, Scope::Conversation, "topic").await.unwrap(),
+        Some(json!("weather"))
+    );
+    store
+        .set(&c, Scope::Conversation, "topic", &json!("rain"))
+        .await
+        .unwrap();
+    let page = store.list(&c, Scope::Actor, None, None).await.unwrap();
+    assert_eq!(page.keys, ["seen"]);
+    let snapshot = store
+        .snapshot(&c, &StatePolicy::all_scopes())
+        .await
+        .unwrap();
+    assert_eq!(snapshot[&Scope::Conversation]["topic"], json!("rain"));
+
+    end_other_sessions(&killer).await;
+    let writers: Vec<_> = (0..8)
+        .map(|i| {
+            let pool = pool.clone();
+            let pooler = t.pooler();
+            tokio::spawn(async move {
+                let store = StateStore::new(&pool).pooled(pooler);
+                store
+                    .set(&ctx(&format!("u-{i}")), Scope::Actor, "seen", &json!(1))
+                    .await
+            })
+        })
+        .collect();
+    let failed: Vec<String> = errors_of(writers).await;
+    assert!(failed.is_empty(), "errors reached the caller: {failed:?}");
+    for i in 0..8 {
+        let seen = store
+            .get(&ctx(&format!("u-{i}")), Scope::Actor, "seen")
+            .await
+            .unwrap();
+        assert_eq!(seen, Some(json!(1)));
+    }
+    pool.close().await.unwrap();
+    killer.close().await.unwrap();
+}
+
+async fn errors_of(tasks: Vec<tokio::task::JoinHandle<service::Result<()>>>) -> Vec<String> {
+    let mut errors = Vec::new();
+    for t in tasks {
+        if let Err(e) = t.await.unwrap() {
+            errors.push(service::error_line(&e));
+        }
+    }
+    errors
+}
+
+mod a_pool_survives_its_connections_ending {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        testkit::run_on(
+            Backend::Postgres,
+            "dead_conn",
+            super::a_pool_survives_its_connections_ending,
+        )
+        .await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mysql() {
+        testkit::run_on(
+            Backend::MySql,
+            "dead_conn",
+            super::a_pool_survives_its_connections_ending,
+        )
+        .await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_tls() {
+        testkit::run_on_topology(
+            Backend::Postgres,
+            Topology::Tls,
+            "dead_conn",
+            super::a_pool_survives_its_connections_ending,
+        )
+        .await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mysql_tls() {
+        testkit::run_on_topology(
+            Backend::MySql,
+            Topology::Tls,
+            "dead_conn",
+            super::a_pool_survives_its_connections_ending,
+        )
+        .await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_pgbouncer() {
+        testkit::run_on_topology(
+            Backend::Postgres,
+            Topology::Pooler,
+            "dead_conn",
+            super::a_pool_survives_its_connections_ending,
+        )
+        .await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mysql_galera() {
+        testkit::run_on_topology(
+            Backend::MySql,
+            Topology::Galera,
+            "dead_conn",
+            super::a_pool_survives_its_connections_ending,
+        )
+        .await
+    }
+}
