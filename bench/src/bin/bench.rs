@@ -1,12 +1,23 @@
-//! Benchmark of the state store on one backend, beside a floor: the same SQL
-//! through raw sqlx prepared statements, with no ORM and no validation,
-//! measured in the same run on the same database.
+//! Benchmark of the state store on one backend, beside the same SQL through
+//! the fastest Rust driver for that backend, all in the same run on the same
+//! database:
 //!
-//! Workloads (LangBot's store was measured on the same ones):
-//! a_insert, a_overwrite, b_get, c_list, d_snapshot, e_concurrent. Each runs
-//! once as a warm-up at a tenth of its size, then `--runs` times; the median
-//! ops/s is reported. Figures go to stdout as one JSON object; progress to
-//! stderr.
+//! * `store`: `StateStore` on a pool opened with the recommended settings
+//!   (`service::connection::connect`);
+//! * `fastest`: the store's own SQL text and values with no ORM and no
+//!   checks, through tokio-postgres (prepared statements), a plain sqlx
+//!   `MySqlConnection`, or rusqlite (prepared, cached; each task a blocking
+//!   thread): one connection per task;
+//! * `sqlx_pool`: the same SQL through the sqlx pool under SeaORM, so that
+//!   the pool's own cost shows apart from the ORM's.
+//!
+//! Workloads (LangBot's store was measured on the same ones): a_insert,
+//! a_overwrite, b_get, c_list, d_snapshot, each on one task and on 8 tasks
+//! at once (`<name>_8_tasks`), and e_concurrent (32 tasks on 50 shared
+//! keys). Every workload runs on spawned tasks. Each runs once as a warm-up
+//! at a tenth of its size, then `--runs` times, the drivers interleaved and
+//! their order rotated; the median ops/s is reported. Figures go to stdout as
+//! one JSON object; progress to stderr.
 //!
 //! ```sh
 //! cargo run --release -p bench --bin bench -- --backend sqlite
@@ -19,7 +30,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ConnectionTrait, DatabaseConnection};
+use sea_orm::{DatabaseConnection, DbBackend};
 use serde_json::{Value, json};
 use service::{
     Actor, Binding, Event, IdentityColumns, Scope, StateContext, StatePolicy, StateStore,
@@ -35,7 +46,7 @@ struct Args {
     /// dropped); defaults to TEST_POSTGRES_URL / TEST_MYSQL_URL. SQLite uses
     /// a temporary file in WAL mode. Give it several times for the nodes of
     /// one cluster (Galera): the database is made through the first, and the
-    /// concurrent workload's tasks are spread round-robin over all of them.
+    /// tasks are spread round-robin over all of them.
     #[arg(long)]
     url: Vec<String>,
     /// Timed runs per workload.
@@ -45,23 +56,8 @@ struct Args {
 
 const RUNNER: &str = "plugin:langbot/local-agent/default";
 
-/// Whether `--url` goes through a transaction pooler (`pooler=transaction`):
-/// then the store sends simple-protocol statements, and so does the floor.
-static POOLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-fn pooled() -> bool {
-    POOLED.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// The store on `db`, set for the pooler when there is one.
-fn store_on(db: &DatabaseConnection) -> StateStore<'_, DatabaseConnection> {
-    let pooler = if pooled() {
-        service::connection::Pooler::Transaction
-    } else {
-        service::connection::Pooler::None
-    };
-    StateStore::new(db).pooled(pooler)
-}
+/// Tasks of the concurrent variant of workloads a–d.
+const TASKS: usize = 8;
 
 fn value(i: usize, generation: usize) -> Value {
     json!({
@@ -100,28 +96,89 @@ fn median(mut xs: Vec<f64>) -> f64 {
     (m * 10.0).round() / 10.0
 }
 
-/// The floor: the store's own SQL text, through raw sqlx, with values the
-/// floor binds itself (no ORM, no validation). [`floor::Sql::new`] takes the
-/// text from the store's statement builders and checks, for a sample of each
-/// operation, that the floor binds exactly the values the store binds: the
-/// two write the same rows and read the same way.
-mod floor {
-    use std::sync::Arc;
+/// Who runs the statements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Driver {
+    Store,
+    Fastest,
+    SqlxPool,
+}
 
+impl Driver {
+    const ALL: [Self; 3] = [Self::Store, Self::Fastest, Self::SqlxPool];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Store => "store",
+            Self::Fastest => "fastest",
+            Self::SqlxPool => "sqlx_pool",
+        }
+    }
+}
+
+/// One call, as every driver makes it.
+enum Op {
+    Set {
+        scope: Scope,
+        key: String,
+        value: Value,
+    },
+    Get {
+        key: String,
+    },
+    List {
+        prefix: String,
+    },
+    Snapshot,
+}
+
+impl Op {
+    /// Rows the call must see: a get finds its key, a list its 100 keys,
+    /// a snapshot the 40 seeded values.
+    fn expected(&self) -> Option<usize> {
+        match self {
+            Op::Set { .. } => None,
+            Op::Get { .. } => Some(1),
+            Op::List { .. } => Some(100),
+            Op::Snapshot => Some(40),
+        }
+    }
+}
+
+/// What one task does: its calls, all in one context.
+struct Job {
+    ctx: Arc<StateContext>,
+    ops: Vec<Op>,
+}
+
+/// The store's statements as text, and the values the raw drivers bind.
+/// [`Sql::new`] takes the text from the store's statement builders and
+/// checks, for a sample of each operation, that the raw values are exactly
+/// the ones the store binds: all drivers write the same rows and read the
+/// same way.
+mod sql {
     use sea_orm::{DbBackend, Value};
     use service::store::{get_statement, list_statement, snapshot_statement, upsert_statement};
-    use service::{IdentityColumns, Scope};
+    use service::{IdentityColumns, Scope, StateContext};
 
     /// The store's statements, as text.
     pub struct Sql {
-        pub upsert: Arc<str>,
-        pub get: Arc<str>,
-        pub list: Arc<str>,
-        pub snapshot: Arc<str>,
+        pub backend: DbBackend,
+        pub upsert: String,
+        pub get: String,
+        pub list: String,
+        pub snapshot: String,
+    }
+
+    /// How a statement's result is counted.
+    #[derive(Clone, Copy)]
+    pub enum Shape {
+        Exec,
+        Rows,
     }
 
     impl Sql {
-        /// The store's SQL on `backend`, after checking the floor's values
+        /// The store's SQL on `backend`, after checking the raw values
         /// against the store's for one sample of each operation.
         pub fn new(backend: DbBackend, sample: &IdentityColumns) -> Self {
             let now = service::store::now(backend);
@@ -132,13 +189,13 @@ mod floor {
                 list_statement(backend, "sk", Some("ns1."), 101),
                 snapshot_statement(backend, keys),
             ];
-            let floor = [
+            let raw = [
                 upsert_values(sample, "actor", "sk", "k", "1".into(), now),
                 vec!["sk".into(), "k".into()],
-                list_values("sk", "ns1.", "ns1/"),
+                list_values("sk", "ns1."),
                 keys.iter().map(|k| (*k).into()).collect(),
             ];
-            for (stmt, values) in store.iter().zip(&floor) {
+            for (stmt, values) in store.iter().zip(&raw) {
                 let store_values = stmt
                     .values
                     .as_ref()
@@ -146,16 +203,62 @@ mod floor {
                     .unwrap_or_default();
                 assert_eq!(
                     &store_values, values,
-                    "the floor binds other values than the store for {}",
+                    "the raw drivers bind other values than the store for {}",
                     stmt.sql
                 );
             }
-            let [upsert, get, list, snapshot] = store.map(|s| Arc::from(s.sql));
+            let [upsert, get, list, snapshot] = store.map(|s| s.sql);
             Self {
+                backend,
                 upsert,
                 get,
                 list,
                 snapshot,
+            }
+        }
+
+        /// The statement, its values and its shape for `op`.
+        pub fn of(&self, ctx: &StateContext, op: &super::Op) -> (&str, Vec<Value>, Shape) {
+            use super::Op;
+            match op {
+                Op::Set { scope, key, value } => (
+                    &self.upsert,
+                    upsert_values(
+                        ctx.columns(),
+                        scope.as_str(),
+                        ctx.scope_key(*scope).unwrap(),
+                        key,
+                        serde_json::to_string(value).unwrap(),
+                        service::store::now(self.backend),
+                    ),
+                    Shape::Exec,
+                ),
+                Op::Get { key } => (
+                    &self.get,
+                    vec![
+                        ctx.scope_key(Scope::Conversation).unwrap().into(),
+                        key.as_str().into(),
+                    ],
+                    Shape::Rows,
+                ),
+                Op::List { prefix } => (
+                    &self.list,
+                    list_values(ctx.scope_key(Scope::Actor).unwrap(), prefix),
+                    Shape::Rows,
+                ),
+                Op::Snapshot => {
+                    // In the store's order: its IN list follows the keys' sort order.
+                    let mut keys: Vec<&str> = Scope::ALL
+                        .iter()
+                        .map(|s| ctx.scope_key(*s).unwrap())
+                        .collect();
+                    keys.sort_unstable();
+                    (
+                        &self.snapshot,
+                        keys.into_iter().map(Value::from).collect(),
+                        Shape::Rows,
+                    )
+                }
             }
         }
     }
@@ -189,367 +292,424 @@ mod floor {
         ]
     }
 
-    /// A prefix list's values: scope key, the range, and the page size + 1.
-    pub fn list_values(scope_key: &str, from: &str, to: &str) -> Vec<Value> {
-        vec![scope_key.into(), from.into(), to.into(), 101u64.into()]
+    /// A prefix list's values: scope key, the code-point range, and the
+    /// page size + 1.
+    pub fn list_values(scope_key: &str, prefix: &str) -> Vec<Value> {
+        let end = service::store::prefix_successor(prefix).expect("a prefix with a successor");
+        vec![scope_key.into(), prefix.into(), end.into(), 101u64.into()]
     }
 
-    macro_rules! backend {
-        ($name:ident, $db:ty, $pool:ty) => {
-            pub mod $name {
-                use super::Sql;
-                use sea_orm::{Value, sqlx};
-
-                type Query<'q> = sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments>;
-
-                /// Binds a value the way the floor's values come: text,
-                /// timestamps and the list's limit.
-                fn bind(q: Query<'_>, v: Value) -> Query<'_> {
-                    match v {
-                        Value::String(s) => q.bind(s),
-                        Value::ChronoDateTime(t) => q.bind(t),
-                        Value::BigUnsigned(n) => q.bind(n.map(|n| n as i64)),
-                        other => panic!("the floor binds no {other:?}"),
-                    }
-                }
-
-                /// Through a transaction pooler: the statement with its
-                /// values inlined, by the simple query protocol (as the
-                /// store sends it there).
-                fn inlined_sql(sql: &str, values: Vec<Value>) -> String {
-                    sea_orm::Statement::from_sql_and_values(
-                        sea_orm::DbBackend::Postgres,
-                        sql,
-                        values,
-                    )
-                    .to_string()
-                }
-
-                pub async fn set(
-                    pool: &$pool,
-                    sql: &Sql,
-                    values: Vec<Value>,
-                ) -> Result<(), sqlx::Error> {
-                    if super::super::pooled() {
-                        let text = inlined_sql(&sql.upsert, values);
-                        return sqlx::raw_sql(sqlx::AssertSqlSafe(text))
-                            .execute(pool)
-                            .await
-                            .map(|_| ());
-                    }
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.upsert.clone()));
-                    for v in values {
-                        q = bind(q, v);
-                    }
-                    q.execute(pool).await.map(|_| ())
-                }
-
-                pub async fn get(
-                    pool: &$pool,
-                    sql: &Sql,
-                    scope_key: &str,
-                    key: &str,
-                ) -> Result<Option<String>, sqlx::Error> {
-                    if super::super::pooled() {
-                        use sqlx::Row;
-                        let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(inlined_sql(
-                            &sql.get,
-                            vec![scope_key.into(), key.into()],
-                        )))
-                        .fetch_all(pool)
-                        .await?;
-                        return rows
-                            .first()
-                            .map(|r| r.try_get::<Option<String>, _>(0))
-                            .transpose()
-                            .map(Option::flatten);
-                    }
-                    sqlx::query_scalar::<_, Option<String>>(sqlx::AssertSqlSafe(sql.get.clone()))
-                        .bind(scope_key)
-                        .bind(key)
-                        .fetch_optional(pool)
-                        .await
-                        .map(Option::flatten)
-                }
-
-                pub async fn list(
-                    pool: &$pool,
-                    sql: &Sql,
-                    scope_key: &str,
-                    from: &str,
-                    to: &str,
-                ) -> Result<Vec<String>, sqlx::Error> {
-                    if super::super::pooled() {
-                        use sqlx::Row;
-                        let text = inlined_sql(&sql.list, super::list_values(scope_key, from, to));
-                        let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(text))
-                            .fetch_all(pool)
-                            .await?;
-                        return rows.iter().map(|r| r.try_get::<String, _>(0)).collect();
-                    }
-                    sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql.list.clone()))
-                        .bind(scope_key)
-                        .bind(from)
-                        .bind(to)
-                        .bind(101i64)
-                        .fetch_all(pool)
-                        .await
-                }
-
-                pub async fn snapshot(
-                    pool: &$pool,
-                    sql: &Sql,
-                    keys: &[&str; 4],
-                ) -> Result<usize, sqlx::Error> {
-                    if super::super::pooled() {
-                        let values = keys.iter().map(|k| (*k).into()).collect();
-                        let text = inlined_sql(&sql.snapshot, values);
-                        return Ok(sqlx::raw_sql(sqlx::AssertSqlSafe(text))
-                            .fetch_all(pool)
-                            .await?
-                            .len());
-                    }
-                    let rows: Vec<(String, String, Option<String>)> =
-                        sqlx::query_as(sqlx::AssertSqlSafe(sql.snapshot.clone()))
-                            .bind(keys[0])
-                            .bind(keys[1])
-                            .bind(keys[2])
-                            .bind(keys[3])
-                            .fetch_all(pool)
-                            .await?;
-                    Ok(rows.len())
-                }
-            }
-        };
+    /// Through a transaction pooler: the statement with its values inlined
+    /// by SeaQuery's escaping, for the simple query protocol (as the store
+    /// sends it there).
+    pub fn inlined(sql: &str, values: Vec<Value>) -> String {
+        sea_orm::Statement::from_sql_and_values(DbBackend::Postgres, sql, values).to_string()
     }
-
-    backend!(sqlite, sqlx::Sqlite, sqlx::SqlitePool);
-    backend!(postgres, sqlx::Postgres, sqlx::PgPool);
-    backend!(mysql, sqlx::MySql, sqlx::MySqlPool);
 }
 
-/// Dispatches a floor call to the pool of the backend.
-macro_rules! floor_call {
-    ($db:expr, $f:ident ( $($arg:expr),* )) => {
-        match $db.get_database_backend() {
-            sea_orm::DbBackend::Postgres => floor::postgres::$f($db.get_postgres_connection_pool(), $($arg),*).await,
-            sea_orm::DbBackend::MySql => floor::mysql::$f($db.get_mysql_connection_pool(), $($arg),*).await,
-            _ => floor::sqlite::$f($db.get_sqlite_connection_pool(), $($arg),*).await,
+/// Runs a statement through sqlx on any executor: the pool under SeaORM, or
+/// one plain connection (MySQL's fastest driver).
+macro_rules! sqlx_backend {
+    ($name:ident, $db:ty) => {
+        mod $name {
+            use super::sql::Shape;
+            use sea_orm::{Value, sqlx};
+
+            type Query<'q> = sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments>;
+
+            fn bind(q: Query<'_>, v: Value) -> Query<'_> {
+                match v {
+                    Value::String(s) => q.bind(s),
+                    Value::ChronoDateTime(t) => q.bind(t),
+                    Value::BigUnsigned(n) => q.bind(n.map(|n| n as i64)),
+                    other => panic!("the bench binds no {other:?}"),
+                }
+            }
+
+            pub async fn run<'e, E>(
+                on: E,
+                sql: &str,
+                values: Vec<Value>,
+                shape: Shape,
+                pooled: bool,
+            ) -> Result<usize, sqlx::Error>
+            where
+                E: sqlx::Executor<'e, Database = $db>,
+            {
+                if pooled {
+                    let text = super::sql::inlined(sql, values);
+                    let q = sqlx::raw_sql(sqlx::AssertSqlSafe(text));
+                    return match shape {
+                        Shape::Exec => q.execute(on).await.map(|_| 0),
+                        Shape::Rows => q.fetch_all(on).await.map(|r| r.len()),
+                    };
+                }
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
+                for v in values {
+                    q = bind(q, v);
+                }
+                match shape {
+                    Shape::Exec => q.execute(on).await.map(|_| 0),
+                    Shape::Rows => q.fetch_all(on).await.map(|r| r.len()),
+                }
+            }
         }
     };
 }
 
+sqlx_backend!(sqlx_sqlite, sea_orm::sqlx::Sqlite);
+sqlx_backend!(sqlx_postgres, sea_orm::sqlx::Postgres);
+sqlx_backend!(sqlx_mysql, sea_orm::sqlx::MySql);
+
+/// tokio-postgres: each statement prepared once per connection; through a
+/// transaction pooler, the simple query protocol with values inlined.
+struct PgWorker {
+    client: tokio_postgres::Client,
+    prepared: BTreeMap<String, tokio_postgres::Statement>,
+    pooled: bool,
+}
+
+impl PgWorker {
+    async fn connect(url: &str, pooled: bool) -> Self {
+        let url = service::connection::DbUrl::parse(url).unwrap();
+        let config: tokio_postgres::Config = url.as_str().parse().expect("a PostgreSQL URL");
+        let (client, connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .expect("tokio-postgres connects (the bench needs a URL without TLS)");
+        tokio::spawn(connection);
+        Self {
+            client,
+            prepared: BTreeMap::new(),
+            pooled,
+        }
+    }
+
+    async fn run(
+        &mut self,
+        sql: &str,
+        values: Vec<sea_orm::Value>,
+        shape: sql::Shape,
+    ) -> Result<usize, tokio_postgres::Error> {
+        use tokio_postgres::types::ToSql;
+        if self.pooled {
+            let messages = self.client.simple_query(&sql::inlined(sql, values)).await?;
+            return Ok(messages
+                .iter()
+                .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+                .count());
+        }
+        if !self.prepared.contains_key(sql) {
+            let stmt = self.client.prepare(sql).await?;
+            self.prepared.insert(sql.to_owned(), stmt);
+        }
+        let stmt = &self.prepared[sql];
+        let params: Vec<Box<dyn ToSql + Sync + Send>> = values
+            .into_iter()
+            .map(|v| -> Box<dyn ToSql + Sync + Send> {
+                match v {
+                    sea_orm::Value::String(s) => Box::new(s),
+                    sea_orm::Value::ChronoDateTime(t) => Box::new(t),
+                    sea_orm::Value::BigUnsigned(n) => Box::new(n.map(|n| n as i64)),
+                    other => panic!("the bench binds no {other:?}"),
+                }
+            })
+            .collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        match shape {
+            sql::Shape::Exec => self.client.execute(stmt, &refs).await.map(|_| 0),
+            sql::Shape::Rows => self.client.query(stmt, &refs).await.map(|r| r.len()),
+        }
+    }
+}
+
+/// rusqlite: prepared statements cached per connection, in WAL mode with the
+/// store's busy timeout, driven from a blocking thread.
+struct SqliteWorker(rusqlite::Connection);
+
+impl SqliteWorker {
+    fn open(url: &str) -> Self {
+        use std::str::FromStr;
+        let options = sea_orm::sqlx::sqlite::SqliteConnectOptions::from_str(url).unwrap();
+        let conn = rusqlite::Connection::open(options.get_filename()).unwrap();
+        conn.busy_timeout(service::connection::SQLITE_BUSY_TIMEOUT)
+            .unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
+        conn.set_prepared_statement_cache_capacity(16);
+        Self(conn)
+    }
+
+    fn run(
+        &mut self,
+        sql: &str,
+        values: Vec<sea_orm::Value>,
+        shape: sql::Shape,
+    ) -> rusqlite::Result<usize> {
+        use rusqlite::types::Value as V;
+        let params = values.into_iter().map(|v| match v {
+            sea_orm::Value::String(s) => s.map_or(V::Null, V::Text),
+            // As sqlx stores a NaiveDateTime in SQLite.
+            sea_orm::Value::ChronoDateTime(t) => {
+                t.map_or(V::Null, |t| V::Text(t.format("%F %T%.f").to_string()))
+            }
+            sea_orm::Value::BigUnsigned(n) => n.map_or(V::Null, |n| V::Integer(n as i64)),
+            other => panic!("the bench binds no {other:?}"),
+        });
+        let mut stmt = self.0.prepare_cached(sql)?;
+        match shape {
+            sql::Shape::Exec => stmt.execute(rusqlite::params_from_iter(params)).map(|_| 0),
+            sql::Shape::Rows => {
+                let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+                let mut n = 0;
+                while rows.next()?.is_some() {
+                    n += 1;
+                }
+                Ok(n)
+            }
+        }
+    }
+}
+
+/// One task's way to the database.
+enum Worker {
+    Store(Arc<DatabaseConnection>, bool),
+    SqlxPool(Arc<DatabaseConnection>, bool),
+    Postgres(PgWorker),
+    MySql(sea_orm::sqlx::MySqlConnection),
+    Sqlite(SqliteWorker),
+}
+
+impl Worker {
+    /// Rows the call saw (0 for writes), or its error as text.
+    async fn call(&mut self, sql: &sql::Sql, ctx: &StateContext, op: &Op) -> Result<usize, String> {
+        match self {
+            Worker::Store(db, pooled) => store_call(db, *pooled, ctx, op).await,
+            Worker::SqlxPool(db, pooled) => {
+                let (text, values, shape) = sql.of(ctx, op);
+                let result = match db.get_database_backend() {
+                    DbBackend::Postgres => {
+                        sqlx_postgres::run(
+                            db.get_postgres_connection_pool(),
+                            text,
+                            values,
+                            shape,
+                            *pooled,
+                        )
+                        .await
+                    }
+                    DbBackend::MySql => {
+                        sqlx_mysql::run(
+                            db.get_mysql_connection_pool(),
+                            text,
+                            values,
+                            shape,
+                            *pooled,
+                        )
+                        .await
+                    }
+                    _ => {
+                        sqlx_sqlite::run(
+                            db.get_sqlite_connection_pool(),
+                            text,
+                            values,
+                            shape,
+                            *pooled,
+                        )
+                        .await
+                    }
+                };
+                result.map_err(|e| e.to_string())
+            }
+            Worker::Postgres(w) => {
+                let (text, values, shape) = sql.of(ctx, op);
+                w.run(text, values, shape).await.map_err(|e| e.to_string())
+            }
+            Worker::MySql(conn) => {
+                let (text, values, shape) = sql.of(ctx, op);
+                sqlx_mysql::run(&mut *conn, text, values, shape, false)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Worker::Sqlite(_) => unreachable!("SQLite's fastest driver runs on a blocking thread"),
+        }
+    }
+}
+
+async fn store_call(
+    db: &DatabaseConnection,
+    pooled: bool,
+    ctx: &StateContext,
+    op: &Op,
+) -> Result<usize, String> {
+    let pooler = if pooled {
+        service::connection::Pooler::Transaction
+    } else {
+        service::connection::Pooler::None
+    };
+    let store = StateStore::new(db).pooled(pooler);
+    let result = match op {
+        Op::Set { scope, key, value } => store.set(ctx, *scope, key, value).await.map(|()| 0),
+        Op::Get { key } => store
+            .get(ctx, Scope::Conversation, key)
+            .await
+            .map(|v| usize::from(v.is_some())),
+        Op::List { prefix } => store
+            .list(ctx, Scope::Actor, Some(prefix), None)
+            .await
+            .map(|page| page.keys.len()),
+        Op::Snapshot => store
+            .snapshot(ctx, &StatePolicy::all_scopes())
+            .await
+            // Less the conversation id's alias, which is not a row.
+            .map(|s| s.values().map(BTreeMap::len).sum::<usize>() - 1),
+    };
+    result.map_err(|e| service::error_line(&e))
+}
+
+/// The database and what every worker needs to reach it.
 struct Bench {
-    db: Arc<DatabaseConnection>,
-    /// The same database on every node given (just `db` off a cluster).
-    nodes: Vec<Arc<DatabaseConnection>>,
-    sql: floor::Sql,
-    run: usize,
+    backend: DbBackend,
+    /// A pool per node (one unless a cluster was given).
+    pools: Vec<Arc<DatabaseConnection>>,
+    /// The test database's URL on each node.
+    urls: Vec<String>,
+    pooled: bool,
+    sql: Arc<sql::Sql>,
+}
+
+/// What a timed workload gave.
+struct Outcome {
+    ops_per_s: f64,
+    errors: usize,
 }
 
 impl Bench {
-    fn scope_for(&self, floor: bool, workload: &str) -> String {
-        format!(
-            "{workload}-{}-{}",
-            if floor { "floor" } else { "store" },
-            self.run
-        )
-    }
-
-    /// a_insert then a_overwrite on a fresh conversation: ops/s of each.
-    async fn a(&self, n: usize, floor: bool) -> (f64, f64) {
-        let ctx = context(&self.scope_for(floor, "a"), "u-1");
-        let store = store_on(&self.db);
-        let scope_key = ctx.scope_key(Scope::Conversation).unwrap().to_owned();
-        let mut rates = Vec::new();
-        for generation in 0..2 {
-            let started = Instant::now();
-            for i in 0..n {
-                let key = format!("key-{i}");
-                let v = value(i, generation);
-                if floor {
-                    let row = floor::upsert_values(
-                        ctx.columns(),
-                        "conversation",
-                        &scope_key,
-                        &key,
-                        serde_json::to_string(&v).unwrap(),
-                        service::store::now(self.db.get_database_backend()),
-                    );
-                    floor_call!(self.db, set(&self.sql, row)).unwrap();
-                } else {
-                    store
-                        .set(&ctx, Scope::Conversation, &key, &v)
+    /// Opens task `task`'s worker (before the clock starts).
+    async fn worker(&self, driver: Driver, task: usize) -> Worker {
+        let node = task % self.urls.len();
+        match (driver, self.backend) {
+            (Driver::Store, _) => Worker::Store(self.pools[node].clone(), self.pooled),
+            (Driver::SqlxPool, _) => Worker::SqlxPool(self.pools[node].clone(), self.pooled),
+            (Driver::Fastest, DbBackend::Postgres) => {
+                Worker::Postgres(PgWorker::connect(&self.urls[node], self.pooled).await)
+            }
+            (Driver::Fastest, DbBackend::MySql) => {
+                use sea_orm::sqlx::Connection;
+                let url = service::connection::DbUrl::parse(&self.urls[node]).unwrap();
+                Worker::MySql(
+                    sea_orm::sqlx::MySqlConnection::connect(url.as_str())
                         .await
-                        .unwrap();
-                }
-            }
-            rates.push(n as f64 / started.elapsed().as_secs_f64());
-        }
-        (rates[0], rates[1])
-    }
-
-    async fn b_get(&self, n: usize, floor: bool) -> f64 {
-        let ctx = context(&self.scope_for(floor, "a"), "u-1");
-        let store = store_on(&self.db);
-        let scope_key = ctx.scope_key(Scope::Conversation).unwrap().to_owned();
-        let started = Instant::now();
-        for i in 0..n {
-            let key = format!("key-{i}");
-            let found = if floor {
-                floor_call!(self.db, get(&self.sql, &scope_key, &key))
-                    .unwrap()
-                    .is_some()
-            } else {
-                store
-                    .get(&ctx, Scope::Conversation, &key)
-                    .await
-                    .unwrap()
-                    .is_some()
-            };
-            assert!(found, "b_get: {key} missing");
-        }
-        n as f64 / started.elapsed().as_secs_f64()
-    }
-
-    /// 1,000 keys in an actor scope, ten prefixes of 100.
-    async fn seed_c(&self, floor: bool) -> StateContext {
-        let ctx = context("c", &self.scope_for(floor, "c"));
-        let store = store_on(&self.db);
-        for k in 0..1000 {
-            let key = format!("ns{}.{:03}", k % 10, k / 10);
-            store
-                .set(&ctx, Scope::Actor, &key, &value(k, 0))
-                .await
-                .unwrap();
-        }
-        ctx
-    }
-
-    async fn c_list(&self, ctx: &StateContext, n: usize, floor: bool) -> f64 {
-        let store = store_on(&self.db);
-        let scope_key = ctx.scope_key(Scope::Actor).unwrap().to_owned();
-        let started = Instant::now();
-        for k in 0..n {
-            let prefix = format!("ns{}.", k % 10);
-            let count = if floor {
-                let end = format!("ns{}/", k % 10);
-                floor_call!(self.db, list(&self.sql, &scope_key, &prefix, &end))
-                    .unwrap()
-                    .len()
-            } else {
-                let page = store
-                    .list(ctx, Scope::Actor, Some(&prefix), None)
-                    .await
-                    .unwrap();
-                assert!(!page.has_more);
-                page.keys.len()
-            };
-            assert_eq!(count, 100, "c_list");
-        }
-        n as f64 / started.elapsed().as_secs_f64()
-    }
-
-    async fn seed_d(&self, floor: bool) -> StateContext {
-        let ctx = context(&self.scope_for(floor, "d"), &self.scope_for(floor, "d"));
-        let store = store_on(&self.db);
-        for scope in Scope::ALL {
-            for k in 0..10 {
-                store
-                    .set(&ctx, scope, &format!("k{k}"), &value(k, 0))
-                    .await
-                    .unwrap();
-            }
-        }
-        ctx
-    }
-
-    async fn d_snapshot(&self, ctx: &StateContext, n: usize, floor: bool) -> f64 {
-        let store = store_on(&self.db);
-        let policy = StatePolicy::all_scopes();
-        // In the store's order: its IN list follows the keys' sort order.
-        let mut keys: Vec<&str> = Scope::ALL
-            .iter()
-            .map(|s| ctx.scope_key(*s).unwrap())
-            .collect();
-        keys.sort_unstable();
-        let keys = [keys[0], keys[1], keys[2], keys[3]];
-        let started = Instant::now();
-        for _ in 0..n {
-            let rows = if floor {
-                floor_call!(self.db, snapshot(&self.sql, &keys)).unwrap()
-            } else {
-                let snap = store.snapshot(ctx, &policy).await.unwrap();
-                snap.values().map(BTreeMap::len).sum::<usize>() - 1 // the seeded alias
-            };
-            assert_eq!(rows, 40, "d_snapshot");
-        }
-        n as f64 / started.elapsed().as_secs_f64()
-    }
-
-    /// 32 tasks × `per_task` sets on 50 shared keys: ops/s, errors, rows.
-    async fn e_concurrent(&self, per_task: usize, floor: bool) -> (f64, usize, usize) {
-        let ctx = Arc::new(context("e", &format!("e-{floor}")));
-        let scope_key = ctx.scope_key(Scope::Actor).unwrap().to_owned();
-        self.db
-            .execute_unprepared(
-                &sea_orm::Statement::from_sql_and_values(
-                    self.db.get_database_backend(),
-                    match self.db.get_database_backend() {
-                        sea_orm::DbBackend::Postgres => {
-                            "DELETE FROM agent_runner_state WHERE scope_key = $1"
-                        }
-                        _ => "DELETE FROM agent_runner_state WHERE scope_key = ?",
-                    },
-                    [scope_key.clone().into()],
+                        .expect("a plain MySQL connection"),
                 )
-                .to_string(),
-            )
-            .await
-            .unwrap();
+            }
+            (Driver::Fastest, _) => Worker::Sqlite(SqliteWorker::open(&self.urls[node])),
+        }
+    }
+
+    /// Runs each job on a task of its own (a blocking thread for rusqlite),
+    /// every worker connected before the clock starts. Counts failed calls;
+    /// a call that succeeds but sees other rows than it must is a panic.
+    async fn measure(&self, driver: Driver, jobs: Vec<Job>) -> Outcome {
+        let ops: usize = jobs.iter().map(|j| j.ops.len()).sum();
+        let mut workers = Vec::with_capacity(jobs.len());
+        for task in 0..jobs.len() {
+            workers.push(self.worker(driver, task).await);
+        }
         let started = Instant::now();
-        let tasks: Vec<_> = (0..32)
-            .map(|task| {
-                let db = self.nodes[task % self.nodes.len()].clone();
-                let (ctx, scope_key) = (ctx.clone(), scope_key.clone());
-                let sql = floor::Sql::new(db.get_database_backend(), ctx.columns());
-                tokio::spawn(async move {
-                    let store = store_on(&db);
-                    let mut errors = 0;
-                    for i in 0..per_task {
-                        let key = format!("shared-{}", (task * 7 + i) % 50);
-                        let v = value(i, task);
-                        let ok = if floor {
-                            let row = floor::upsert_values(
-                                ctx.columns(),
-                                "actor",
-                                &scope_key,
-                                &key,
-                                serde_json::to_string(&v).unwrap(),
-                                service::store::now(db.get_database_backend()),
-                            );
-                            floor_call!(db, set(&sql, row)).is_ok()
-                        } else {
-                            store.set(&ctx, Scope::Actor, &key, &v).await.is_ok()
-                        };
-                        errors += usize::from(!ok);
-                    }
-                    errors
-                })
+        let handles: Vec<tokio::task::JoinHandle<usize>> = jobs
+            .into_iter()
+            .zip(workers)
+            .map(|(job, worker)| {
+                let sql = self.sql.clone();
+                match worker {
+                    Worker::Sqlite(mut w) => tokio::task::spawn_blocking(move || {
+                        let mut errors = 0;
+                        for op in &job.ops {
+                            let (text, values, shape) = sql.of(&job.ctx, op);
+                            match w.run(text, values, shape) {
+                                Ok(n) => check(op, n),
+                                Err(_) => errors += 1,
+                            }
+                        }
+                        errors
+                    }),
+                    mut worker => tokio::spawn(async move {
+                        let mut errors = 0;
+                        for op in &job.ops {
+                            match worker.call(&sql, &job.ctx, op).await {
+                                Ok(n) => check(op, n),
+                                Err(_) => errors += 1,
+                            }
+                        }
+                        errors
+                    }),
+                }
             })
             .collect();
         let mut errors = 0;
-        for t in tasks {
-            errors += t.await.unwrap();
+        for h in handles {
+            errors += h.await.unwrap();
         }
-        let rate = (32 * per_task) as f64 / started.elapsed().as_secs_f64();
-        let page = store_on(&self.db)
-            .list(&ctx, Scope::Actor, Some("shared-"), None)
-            .await
-            .unwrap();
-        (rate, errors, page.keys.len())
+        Outcome {
+            ops_per_s: ops as f64 / started.elapsed().as_secs_f64(),
+            errors,
+        }
     }
 }
+
+fn check(op: &Op, seen: usize) {
+    if let Some(expected) = op.expected() {
+        assert_eq!(seen, expected, "a call saw other rows than it must");
+    }
+}
+
+/// `n` calls split over `tasks` jobs in one context, `make(task, i)` each.
+fn split(
+    ctx: &Arc<StateContext>,
+    n: usize,
+    tasks: usize,
+    make: impl Fn(usize, usize) -> Op,
+) -> Vec<Job> {
+    (0..tasks)
+        .map(|task| Job {
+            ctx: ctx.clone(),
+            ops: (0..n / tasks).map(|i| make(task, i)).collect(),
+        })
+        .collect()
+}
+
+/// Seeds `ctx` with the store: 1,000 actor keys in ten prefixes of 100 (for
+/// c_list) and ten keys in each scope (for d_snapshot).
+async fn seed(db: &DatabaseConnection, pooled: bool, ctx: &StateContext) {
+    for k in 0..1000 {
+        let op = Op::Set {
+            scope: Scope::Actor,
+            key: format!("ns{}.{:03}", k % 10, k / 10),
+            value: value(k, 0),
+        };
+        store_call(db, pooled, ctx, &op).await.unwrap();
+    }
+}
+
+/// Ten keys in each scope of a context of its own, for d_snapshot.
+async fn seed_snapshot(db: &DatabaseConnection, pooled: bool, ctx: &StateContext) {
+    for scope in Scope::ALL {
+        for k in 0..10 {
+            let op = Op::Set {
+                scope,
+                key: format!("k{k}"),
+                value: value(k, 0),
+            };
+            store_call(db, pooled, ctx, &op).await.unwrap();
+        }
+    }
+}
+
+type Figures = BTreeMap<String, Vec<f64>>;
 
 #[tokio::main]
 async fn main() {
@@ -560,26 +720,29 @@ async fn main() {
             args.backend
         )
     });
+    let pooled = args.url.first().is_some_and(|url| {
+        service::connection::DbUrl::parse(url)
+            .expect("a database URL")
+            .pooler()
+            == service::connection::Pooler::Transaction
+    });
     // A database of its own, dropped at the end (the test harness's).
-    if let Some(url) = args.url.first() {
-        let parsed = service::connection::DbUrl::parse(url).expect("a database URL");
-        POOLED.store(
-            parsed.pooler() == service::connection::Pooler::Transaction,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-    }
     let t = TestDb::create(backend, "bench_store", args.url.first().map(String::as_str)).await;
-    let db = Arc::new(t.db.clone());
-    let mut nodes = vec![db.clone()];
+    let mut urls = vec![t.url.clone()];
     for url in args.url.iter().skip(1) {
         let mut node = url::Url::parse(url).expect("a node URL");
         node.set_path(url::Url::parse(&t.url).expect("the test URL").path());
-        let conn = service::connection::connect(node.as_str())
-            .await
-            .unwrap_or_else(|e| panic!("connect {node}: {e}"));
-        nodes.push(Arc::new(conn));
+        urls.push(node.into());
     }
-    if pooled() {
+    let mut pools = Vec::new();
+    for url in &urls {
+        let pool = service::connection::connect(url)
+            .await
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        pools.push(Arc::new(pool));
+    }
+    let db = pools[0].clone();
+    if pooled {
         // Through the pooler: one transaction that drops its statements.
         let session = service::connection::PooledSession::begin(&db)
             .await
@@ -589,84 +752,153 @@ async fn main() {
     } else {
         Migrator::up(&*db, None).await.unwrap();
     }
+    let db_backend = db.get_database_backend();
+    let bench = Bench {
+        backend: db_backend,
+        pools,
+        urls,
+        pooled,
+        sql: Arc::new(sql::Sql::new(
+            db_backend,
+            context("sample", "u-1").columns(),
+        )),
+    };
+    let list_ctx = Arc::new(context("c", "c-actor"));
+    seed(&db, pooled, &list_ctx).await;
+    let snapshot_ctx = Arc::new(context("d", "d-actor"));
+    seed_snapshot(&db, pooled, &snapshot_ctx).await;
 
-    let mut store: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    let mut floor_rates: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    let (mut e_errors, mut e_floor_errors, mut e_final_rows) = (0, 0, 0);
+    let mut figures: BTreeMap<Driver, Figures> = BTreeMap::new();
+    let mut e_errors: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut e_rows: BTreeMap<&str, usize> = BTreeMap::new();
     for run in 0..=args.runs {
         let warm_up = run == 0;
         let scale = if warm_up { 10 } else { 1 };
-        let bench = Bench {
-            db: db.clone(),
-            nodes: nodes.clone(),
-            sql: floor::Sql::new(
-                db.get_database_backend(),
-                context("sample", "u-1").columns(),
-            ),
-            run,
-        };
-        // Alternate which goes first, so that neither always runs warmer.
-        let order = if run % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        for floor in order {
-            let out = if floor { &mut floor_rates } else { &mut store };
-            let (insert, overwrite) = bench.a(5000 / scale, floor).await;
-            let get = bench.b_get(5000 / scale, floor).await;
-            let c_ctx = bench.seed_c(floor).await;
-            let list = bench.c_list(&c_ctx, 500 / scale, floor).await;
-            let d_ctx = bench.seed_d(floor).await;
-            let snapshot = bench.d_snapshot(&d_ctx, 1000 / scale, floor).await;
-            let (concurrent, errors, rows) = bench.e_concurrent(200 / scale, floor).await;
+        // Rotate which driver goes first, so that none always runs warmer.
+        let mut order = Driver::ALL;
+        order.rotate_left(run % Driver::ALL.len());
+        for driver in order {
+            let mut line = Vec::new();
+            let mut record = |name: String, outcome: &Outcome, line: &mut Vec<String>| {
+                line.push(format!("{name} {:.0}", outcome.ops_per_s));
+                if !warm_up {
+                    figures
+                        .entry(driver)
+                        .or_default()
+                        .entry(name)
+                        .or_default()
+                        .push(outcome.ops_per_s);
+                }
+            };
+            for tasks in [1, TASKS] {
+                let suffix = if tasks == 1 {
+                    String::new()
+                } else {
+                    format!("_{tasks}_tasks")
+                };
+                let ctx = Arc::new(context(
+                    &format!("a-{}-{tasks}-{run}", driver.name()),
+                    "u-1",
+                ));
+                for (name, generation) in [("a_insert", 0), ("a_overwrite", 1)] {
+                    let jobs = split(&ctx, 5000 / scale, tasks, |task, i| Op::Set {
+                        scope: Scope::Conversation,
+                        key: format!("key-{task}-{i}"),
+                        value: value(i, generation),
+                    });
+                    let outcome = bench.measure(driver, jobs).await;
+                    assert_eq!(outcome.errors, 0, "{name}");
+                    record(format!("{name}{suffix}"), &outcome, &mut line);
+                }
+                let jobs = split(&ctx, 5000 / scale, tasks, |task, i| Op::Get {
+                    key: format!("key-{task}-{i}"),
+                });
+                let outcome = bench.measure(driver, jobs).await;
+                assert_eq!(outcome.errors, 0, "b_get");
+                record(format!("b_get{suffix}"), &outcome, &mut line);
+                let jobs = split(&list_ctx, 500 / scale, tasks, |_, i| Op::List {
+                    prefix: format!("ns{}.", i % 10),
+                });
+                let outcome = bench.measure(driver, jobs).await;
+                assert_eq!(outcome.errors, 0, "c_list");
+                record(format!("c_list{suffix}"), &outcome, &mut line);
+                let jobs = split(&snapshot_ctx, 1000 / scale, tasks, |_, _| Op::Snapshot);
+                let outcome = bench.measure(driver, jobs).await;
+                assert_eq!(outcome.errors, 0, "d_snapshot");
+                record(format!("d_snapshot{suffix}"), &outcome, &mut line);
+            }
+            // 32 tasks × 200 sets on 50 shared keys, in a scope of its own.
+            let ctx = Arc::new(context("e", &format!("e-{}-{run}", driver.name())));
+            let jobs = split(&ctx, 32 * 200 / scale, 32, |task, i| Op::Set {
+                scope: Scope::Actor,
+                key: format!("shared-{}", (task * 7 + i) % 50),
+                value: value(i, task),
+            });
+            let outcome = bench.measure(driver, jobs).await;
+            let rows = store_call(
+                &db,
+                pooled,
+                &ctx,
+                &Op::List {
+                    prefix: "shared-".into(),
+                },
+            )
+            .await
+            .unwrap_or_default();
+            record("e_concurrent".into(), &outcome, &mut line);
+            line.push(format!("({} errors, {rows} rows)", outcome.errors));
+            if !warm_up {
+                *e_errors.entry(driver.name()).or_default() += outcome.errors;
+                e_rows.insert(driver.name(), rows);
+            }
             eprintln!(
-                "{} run {run}{}: a_insert {insert:.0}, a_overwrite {overwrite:.0}, b_get {get:.0}, \
-                 c_list {list:.0}, d_snapshot {snapshot:.0}, e_concurrent {concurrent:.0} ops/s ({errors} errors, {rows} rows)",
-                if floor { "floor" } else { "store" },
-                if warm_up { " (warm-up)" } else { "" }
+                "{} run {run}{}: {} ops/s",
+                driver.name(),
+                if warm_up { " (warm-up)" } else { "" },
+                line.join(", ")
             );
-            if warm_up {
-                continue;
-            }
-            for (k, v) in [
-                ("a_insert", insert),
-                ("a_overwrite", overwrite),
-                ("b_get", get),
-                ("c_list", list),
-                ("d_snapshot", snapshot),
-                ("e_concurrent", concurrent),
-            ] {
-                out.entry(k).or_default().push(v);
-            }
-            if floor {
-                e_floor_errors += errors;
-            } else {
-                e_errors += errors;
-                e_final_rows = rows;
-            }
         }
     }
-    fn medians(m: BTreeMap<&'static str, Vec<f64>>) -> BTreeMap<&'static str, f64> {
-        m.into_iter().map(|(k, v)| (k, median(v))).collect()
-    }
-    let store = medians(store);
-    let floor_rates = medians(floor_rates);
-    let ratio: BTreeMap<&str, f64> = store
-        .iter()
-        .map(|(k, v)| (*k, (v / floor_rates[k] * 100.0).round() / 100.0))
-        .collect();
+    let medians = |d: Driver| -> BTreeMap<String, f64> {
+        figures[&d]
+            .iter()
+            .map(|(k, v)| (k.clone(), median(v.clone())))
+            .collect()
+    };
+    let (store, fastest, pool) = (
+        medians(Driver::Store),
+        medians(Driver::Fastest),
+        medians(Driver::SqlxPool),
+    );
+    let ratio = |to: &BTreeMap<String, f64>| -> BTreeMap<String, f64> {
+        store
+            .iter()
+            .map(|(k, v)| (k.clone(), (v / to[k] * 100.0).round() / 100.0))
+            .collect()
+    };
+    let fastest_driver = match db_backend {
+        DbBackend::Postgres => "tokio-postgres",
+        DbBackend::MySql => "sqlx MySqlConnection",
+        _ => "rusqlite",
+    };
     println!(
         "{}",
         json!({
             "backend": backend.name(),
             "runs": args.runs,
+            "fastest_driver": fastest_driver,
             "median_ops_per_s": store,
-            "floor_ops_per_s": floor_rates,
-            "ratio_to_floor": ratio,
+            "fastest_ops_per_s": fastest,
+            "ratio_to_fastest": ratio(&fastest),
+            "sqlx_pool_ops_per_s": pool,
+            "ratio_to_sqlx_pool": ratio(&pool),
             "e_errors": e_errors,
-            "e_floor_errors": e_floor_errors,
-            "e_final_rows": e_final_rows,
+            "e_final_rows": e_rows,
         })
+    );
+    // Each e_concurrent writes the same 50 keys: anything else is a bug.
+    assert!(
+        e_rows.values().all(|r| *r == 50),
+        "e_concurrent rows: {e_rows:?}"
     );
 }
