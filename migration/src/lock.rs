@@ -185,16 +185,18 @@ fn lost_race(e: &DbErr) -> bool {
     {
         return true;
     }
-    // A table made by a racing `CREATE TABLE IF NOT EXISTS`.
+    // A table made by a racing `CREATE TABLE IF NOT EXISTS`: PostgreSQL
+    // says the table (42P07) or its row type (42710) already exists.
     let (DbErr::Exec(RuntimeErr::SqlxError(err)) | DbErr::Query(RuntimeErr::SqlxError(err))) = e
     else {
         return false;
     };
     err.as_database_error().is_some_and(|db| {
         db.try_downcast_ref::<sea_orm_migration::sea_orm::sqlx::mysql::MySqlDatabaseError>()
-            .map_or(db.code().as_deref() == Some("42P07"), |my| {
-                my.number() == 1050
-            })
+            .map_or(
+                matches!(db.code().as_deref(), Some("42P07" | "42710")),
+                |my| my.number() == 1050,
+            )
     })
 }
 
