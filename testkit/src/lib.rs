@@ -755,8 +755,12 @@ where
 {
     let seed = kill_seed();
     eprintln!("kill seed {seed} (KILL_SEED={seed} replays it)");
-    let mut kills = Vec::new();
+    let mut kills: Vec<Kill> = Vec::new();
     for at in kill_points(seed, 4, total) {
+        // A kill lands a batch or so past its threshold; when that passed
+        // the next threshold too, the next kill waits for new progress
+        // instead of firing before the rerun commits anything.
+        let at = kills.last().map_or(at, |k| at.max(k.done + 1));
         kills.push(kill_when(spawn(), at, progress).await);
     }
     eprintln!("kills of {total} rows (threshold, committed at death): {kills:?}");
