@@ -324,7 +324,6 @@ where
     };
     let last: String = last.try_get_by_index(0)?;
     let mut changed: Vec<(String, String)> = Vec::new();
-    let mut originals: Vec<(String, String)> = Vec::new();
     for row in &rows {
         let uuid: String = row.try_get_by_index(0)?;
         let text: Option<String> = row.try_get_by_index(1)?;
@@ -346,16 +345,24 @@ where
                 summary.changed += 1;
                 let text_out = serde_json::to_string(&config)
                     .map_err(|e| DbErr::Custom(format!("serialise pipeline {uuid}: {e}")))?;
-                changed.push((uuid.clone(), text_out));
-                originals.push((uuid, text));
+                changed.push((uuid, text_out));
             }
         }
     }
-    for chunk in chunks(&originals) {
-        let mut insert = Query::insert();
-        insert
+    // The originals go to the backup table server-side, copied from the
+    // rows this transaction holds: their text never travels back.
+    for chunk in changed.chunks(1000) {
+        let select = Query::select()
+            .column(uuid_col())
+            .expr(Expr::cust(target.read_config()))
+            .from(Alias::new(PIPELINES_TABLE))
+            .and_where(Expr::col(uuid_col()).is_in(chunk.iter().map(|(uuid, _)| uuid.clone())))
+            .to_owned();
+        let insert = Query::insert()
             .into_table(backup(rewrite.backup_table))
             .columns([uuid_col(), original_col()])
+            .select_from(select)
+            .map_err(|e| DbErr::Custom(format!("backup insert: {e}")))?
             // A kept original is the oldest one: never overwrite it. (An
             // update of the key to itself, as sea-query's DO NOTHING is not
             // valid MySQL.)
@@ -363,10 +370,8 @@ where
                 OnConflict::column(uuid_col())
                     .update_column(uuid_col())
                     .to_owned(),
-            );
-        for (uuid, text) in chunk {
-            insert.values_panic([uuid.clone().into(), text.clone().into()]);
-        }
+            )
+            .to_owned();
         txn.execute(&insert).await?;
     }
     for chunk in chunks(&changed) {
