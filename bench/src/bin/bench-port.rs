@@ -3,8 +3,12 @@
 //! DDL and filled with realistic legacy configs (~1.5 KB each, seven legacy
 //! runner names round-robin, the other runners' blocks present).
 //!
-//! Measures the first pass, a no-op rerun over the ported table, and the
-//! binary's peak RSS (sampled from /proc). Prints one JSON object.
+//! Measures the first pass, a no-op rerun over the ported table, the
+//! binary's peak RSS (sampled from /proc) and CPU time (what the client
+//! spent; the rest of the wall time is the server and the wire), and, in
+//! the same run on a copy of the same rows, the SQL-only floor: the server
+//! alone copying every original into a backup table and rewriting every
+//! config in one statement. Prints one JSON object.
 //!
 //! ```sh
 //! cargo run --release -p bench --bin bench-port -- --backend sqlite --rows 100000
@@ -118,6 +122,59 @@ async fn seed(db: &DatabaseConnection, backend: Backend, rows: usize) {
     );
 }
 
+/// CPU seconds used by this process's waited-for children (the
+/// migration binary), from /proc/self/stat.
+fn children_cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which ends with ')': cutime and cstime
+    // are fields 16 and 17 of the line, 14 and 15 after it.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<f64> = after
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0.0))
+        .collect();
+    // Clock ticks of 1/100 s, as Linux reports them to user space.
+    (fields.get(13).copied().unwrap_or(0.0) + fields.get(14).copied().unwrap_or(0.0)) / 100.0
+}
+
+/// The same rows rewritten by the server alone, timed: every original
+/// copied into a backup table, then every config's runner block rewritten
+/// in one statement; on a copy of `legacy_pipelines`, dropped afterwards.
+async fn sql_only_floor(db: &DatabaseConnection, backend: Backend) -> f64 {
+    exec(db, "DROP TABLE IF EXISTS floor_backup").await;
+    exec(db, "DROP TABLE IF EXISTS floor_pipelines").await;
+    exec(
+        db,
+        "CREATE TABLE floor_pipelines AS SELECT * FROM legacy_pipelines",
+    )
+    .await;
+    let rewrite = match backend {
+        Backend::Sqlite => {
+            "UPDATE floor_pipelines SET config = \
+             json_set(config, '$.ai.runner.id', 'plugin:langbot/local-agent/default')"
+        }
+        Backend::Postgres => {
+            "UPDATE floor_pipelines SET config = CAST(jsonb_set(CAST(config AS jsonb), \
+             '{ai,runner,id}', '\"plugin:langbot/local-agent/default\"') AS json)"
+        }
+        Backend::MySql => {
+            "UPDATE floor_pipelines SET config = \
+             JSON_SET(config, '$.ai.runner.id', 'plugin:langbot/local-agent/default')"
+        }
+    };
+    let started = Instant::now();
+    exec(
+        db,
+        "CREATE TABLE floor_backup AS SELECT uuid, config AS original_config FROM floor_pipelines",
+    )
+    .await;
+    exec(db, rewrite).await;
+    let took = started.elapsed().as_secs_f64();
+    exec(db, "DROP TABLE floor_backup").await;
+    exec(db, "DROP TABLE floor_pipelines").await;
+    took
+}
+
 /// Runs the migration binary to completion: wall time and peak RSS in MiB.
 fn run_migration(bin: &PathBuf, url: &str, args: &[&str]) -> (f64, f64) {
     let started = Instant::now();
@@ -184,9 +241,12 @@ async fn main() {
     seed(db, backend, args.rows).await;
     let batch = args.batch_size.to_string();
 
+    let floor_s = sql_only_floor(db, backend).await;
     // The schema migration and the port (not the rename after it).
+    let cpu_before = children_cpu_s();
     let (first_s, first_rss) =
         run_migration(&bin, &url, &["--batch-size", &batch, "up", "-n", "2"]);
+    let first_cpu_s = children_cpu_s() - cpu_before;
     // A rerun of the port over the ported table: forget that it ran.
     db.execute_raw(Statement::from_string(
         db.get_database_backend(),
@@ -205,6 +265,9 @@ async fn main() {
             "batch_size": args.batch_size,
             "first_pass_s": (first_s * 100.0).round() / 100.0,
             "first_pass_rows_per_s": (args.rows as f64 / first_s).round(),
+            "first_pass_client_cpu_s": (first_cpu_s * 100.0).round() / 100.0,
+            "sql_only_floor_s": (floor_s * 100.0).round() / 100.0,
+            "ratio_to_sql_only_floor": (floor_s / first_s * 100.0).round() / 100.0,
             "noop_rerun_s": (rerun_s * 100.0).round() / 100.0,
             "peak_rss_mib": ((first_rss.max(rerun_rss)) * 10.0).round() / 10.0,
         })

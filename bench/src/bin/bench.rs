@@ -52,6 +52,43 @@ struct Args {
     /// Timed runs per workload.
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// LangBot's git directory: runs LangBot's own store
+    /// (`bench/langbot/langbot_store.py`) in every run too, on the same
+    /// database, one task per workload as it serves them.
+    #[arg(long)]
+    langbot: Option<std::path::PathBuf>,
+    /// The LangBot ref whose store runs.
+    #[arg(long, default_value = "dev/4.11.x")]
+    langbot_ref: String,
+    /// The Python that runs it (with bench/langbot/requirements.txt).
+    #[arg(long, default_value = "python3")]
+    python: String,
+}
+
+/// LangBot's store, run by `bench/langbot/langbot_store.py` on the bench's
+/// database: its ops/s per workload, e_errors and e_final_rows.
+fn langbot_run(
+    args: &Args,
+    git: &std::path::Path,
+    url: &str,
+    scale: usize,
+    run: usize,
+) -> BTreeMap<String, f64> {
+    let script = testkit::workspace_root().join("bench/langbot/langbot_store.py");
+    let out = std::process::Command::new(&args.python)
+        .arg(script)
+        .arg("--git")
+        .arg(git)
+        .args(["--ref", &args.langbot_ref, "--url", url])
+        .args(["--scale", &scale.to_string(), "--tag", &run.to_string()])
+        .output()
+        .expect("run LangBot's store (is python3 installed?)");
+    assert!(
+        out.status.success(),
+        "LangBot's store failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("LangBot's figures as JSON")
 }
 
 const RUNNER: &str = "plugin:langbot/local-agent/default";
@@ -771,12 +808,31 @@ async fn main() {
     let mut figures: BTreeMap<Driver, Figures> = BTreeMap::new();
     let mut e_errors: BTreeMap<&str, usize> = BTreeMap::new();
     let mut e_rows: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut langbot = Figures::new();
     for run in 0..=args.runs {
         let warm_up = run == 0;
         let scale = if warm_up { 10 } else { 1 };
-        // Rotate which driver goes first, so that none always runs warmer.
+        // Rotate which driver goes first, so that none always runs warmer;
+        // LangBot's store goes first or last in turn.
         let mut order = Driver::ALL;
         order.rotate_left(run % Driver::ALL.len());
+        let langbot_figures = |langbot: &mut Figures| {
+            if let Some(git) = &args.langbot {
+                let figures = langbot_run(&args, git, &t.url, scale, run);
+                eprintln!(
+                    "langbot run {run}{}: {figures:?}",
+                    if warm_up { " (warm-up)" } else { "" }
+                );
+                if !warm_up {
+                    for (k, v) in figures {
+                        langbot.entry(k).or_default().push(v);
+                    }
+                }
+            }
+        };
+        if run % 2 == 0 {
+            langbot_figures(&mut langbot);
+        }
         for driver in order {
             let mut line = Vec::new();
             let mut record = |name: String, outcome: &Outcome, line: &mut Vec<String>| {
@@ -858,6 +914,9 @@ async fn main() {
                 line.join(", ")
             );
         }
+        if run % 2 == 1 {
+            langbot_figures(&mut langbot);
+        }
     }
     let medians = |d: Driver| -> BTreeMap<String, f64> {
         figures[&d]
@@ -876,6 +935,12 @@ async fn main() {
             .map(|(k, v)| (k.clone(), (v / to[k] * 100.0).round() / 100.0))
             .collect()
     };
+    let langbot: BTreeMap<String, f64> = langbot.into_iter().map(|(k, v)| (k, median(v))).collect();
+    let ratio_to_langbot: BTreeMap<&String, f64> = langbot
+        .iter()
+        .filter(|(k, _)| !k.starts_with("e_") || *k == "e_concurrent")
+        .map(|(k, v)| (k, (store[k] / v * 10.0).round() / 10.0))
+        .collect();
     let fastest_driver = match db_backend {
         DbBackend::Postgres => "tokio-postgres",
         DbBackend::MySql => "sqlx MySqlConnection",
@@ -894,6 +959,9 @@ async fn main() {
             "ratio_to_sqlx_pool": ratio(&pool),
             "e_errors": e_errors,
             "e_final_rows": e_rows,
+            "langbot_ref": args.langbot.as_ref().map(|_| &args.langbot_ref),
+            "langbot_ops_per_s": langbot,
+            "ratio_to_langbot": ratio_to_langbot,
         })
     );
     // Each e_concurrent writes the same 50 keys: anything else is a bug.
