@@ -90,21 +90,8 @@ async fn a_pool_survives_its_connections_ending(t: TestDb) {
     // connections open and used.
     let pool = service::connection::connect(&t.url).await.unwrap();
     let store = StateStore::new(&pool).pooled(t.pooler());
-    let writers: Vec<_> = (0..8)
-        .map(|i| {
-            let pool = pool.clone();
-            let pooler = t.pooler();
-            tokio::spawn(async move {
-                let store = StateStore::new(&pool).pooled(pooler);
-                store
-                    .set(&ctx(&format!("u-{i}")), Scope::Actor, "seen", &json!(0))
-                    .await
-            })
-        })
-        .collect();
-    for w in writers {
-        w.await.unwrap().unwrap();
-    }
+    let writers = eight_writers(&pool, t.pooler(), 0);
+    assert_eq!(errors_of(writers).await, Vec::<String>::new());
     store
         .set(&ctx("u-0"), Scope::Conversation, "topic", &json!("weather"))
         .await
@@ -133,18 +120,7 @@ async fn a_pool_survives_its_connections_ending(t: TestDb) {
     assert_eq!(snapshot[&Scope::Conversation]["topic"], json!("rain"));
 
     end_other_sessions(&killer).await;
-    let writers: Vec<_> = (0..8)
-        .map(|i| {
-            let pool = pool.clone();
-            let pooler = t.pooler();
-            tokio::spawn(async move {
-                let store = StateStore::new(&pool).pooled(pooler);
-                store
-                    .set(&ctx(&format!("u-{i}")), Scope::Actor, "seen", &json!(1))
-                    .await
-            })
-        })
-        .collect();
+    let writers = eight_writers(&pool, t.pooler(), 1);
     let failed: Vec<String> = errors_of(writers).await;
     assert!(failed.is_empty(), "errors reached the caller: {failed:?}");
     for i in 0..8 {
@@ -156,6 +132,25 @@ async fn a_pool_survives_its_connections_ending(t: TestDb) {
     }
     pool.close().await.unwrap();
     killer.close().await.unwrap();
+}
+
+/// Eight tasks at once, each setting its own actor's `seen` to `value`.
+fn eight_writers(
+    pool: &DatabaseConnection,
+    pooler: service::connection::Pooler,
+    value: u32,
+) -> Vec<tokio::task::JoinHandle<service::Result<()>>> {
+    (0..8)
+        .map(|i| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                StateStore::new(&pool)
+                    .pooled(pooler)
+                    .set(&ctx(&format!("u-{i}")), Scope::Actor, "seen", &json!(value))
+                    .await
+            })
+        })
+        .collect()
 }
 
 async fn errors_of(tasks: Vec<tokio::task::JoinHandle<service::Result<()>>>) -> Vec<String> {

@@ -14,7 +14,6 @@ use serde_json::json;
 use service::admin::transfer::{self, TransferError};
 use service::admin::{AdminError, Filter};
 use service::connection::{ConnectError, DbUrl, PooledSession, Pooler};
-use service::logging::LogFormat;
 use service::{
     Actor, Binding, Event, IdentityColumns, Scope, StateContext, StateError, StateStore, Subject,
 };
@@ -254,11 +253,7 @@ pub async fn main(cli: Cli) -> ExitCode {
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let line = service::error_line(&e);
-            match format {
-                LogFormat::Text => eprintln!("error: {line}"),
-                LogFormat::Json => tracing::error!(error = %line, "the command failed"),
-            }
+            service::logging::report_failure(format, &e);
             ExitCode::FAILURE
         }
     }

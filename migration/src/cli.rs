@@ -75,11 +75,7 @@ pub async fn main(cli: Cli) -> ExitCode {
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            let line = service::error_line(&e);
-            match format {
-                LogFormat::Text => eprintln!("error: {line}"),
-                LogFormat::Json => tracing::error!(error = %line, "the command failed"),
-            }
+            service::logging::report_failure(format, &e);
             ExitCode::FAILURE
         }
     }

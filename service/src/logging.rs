@@ -50,3 +50,13 @@ pub fn init(format: LogFormat, default_filter: &str) {
         }
     }
 }
+
+/// Reports the error a command ended with, its causes on one line: `error:
+/// ...` on stderr as text, or one `error` event as JSON.
+pub fn report_failure(format: LogFormat, error: &(dyn std::error::Error + 'static)) {
+    let line = crate::error_line(error);
+    match format {
+        LogFormat::Text => eprintln!("error: {line}"),
+        LogFormat::Json => tracing::error!(error = %line, "the command failed"),
+    }
+}
