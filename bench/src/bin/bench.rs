@@ -139,17 +139,66 @@ enum Driver {
     Store,
     Fastest,
     SqlxPool,
+    /// SQLite only: rusqlite on a dedicated thread per connection, each
+    /// statement sent to it and its rows sent back in one message: what a
+    /// rusqlite-backed store would cost (issue 19's evaluation).
+    RusqliteThread,
 }
 
 impl Driver {
-    const ALL: [Self; 3] = [Self::Store, Self::Fastest, Self::SqlxPool];
+    fn all(backend: DbBackend) -> Vec<Self> {
+        let mut all = vec![Self::Store, Self::Fastest, Self::SqlxPool];
+        if backend == DbBackend::Sqlite {
+            all.push(Self::RusqliteThread);
+        }
+        all
+    }
 
     fn name(self) -> &'static str {
         match self {
             Self::Store => "store",
             Self::Fastest => "fastest",
             Self::SqlxPool => "sqlx_pool",
+            Self::RusqliteThread => "rusqlite_thread",
         }
+    }
+}
+
+/// A statement for a [`SqliteThread`], and where its answer goes.
+type SqliteJob = (
+    String,
+    Vec<sea_orm::Value>,
+    sql::Shape,
+    tokio::sync::oneshot::Sender<rusqlite::Result<usize>>,
+);
+
+/// One rusqlite connection on a thread of its own, fed one statement at a
+/// time over a channel.
+struct SqliteThread(std::sync::mpsc::Sender<SqliteJob>);
+
+impl SqliteThread {
+    fn open(url: &str) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<SqliteJob>();
+        let mut worker = SqliteWorker::open(url);
+        std::thread::spawn(move || {
+            for (sql, values, shape, reply) in rx {
+                let _ = reply.send(worker.run(&sql, values, shape));
+            }
+        });
+        Self(tx)
+    }
+
+    async fn run(
+        &self,
+        sql: &str,
+        values: Vec<sea_orm::Value>,
+        shape: sql::Shape,
+    ) -> rusqlite::Result<usize> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.0
+            .send((sql.to_owned(), values, shape, reply))
+            .expect("the SQLite thread runs");
+        answer.await.expect("the SQLite thread answers")
     }
 }
 
@@ -518,6 +567,7 @@ enum Worker {
     Postgres(PgWorker),
     MySql(sea_orm::sqlx::MySqlConnection),
     Sqlite(SqliteWorker),
+    SqliteThread(SqliteThread),
 }
 
 impl Worker {
@@ -570,6 +620,10 @@ impl Worker {
                 sqlx_mysql::run(&mut *conn, text, values, shape, false)
                     .await
                     .map_err(|e| e.to_string())
+            }
+            Worker::SqliteThread(w) => {
+                let (text, values, shape) = sql.of(ctx, op);
+                w.run(text, values, shape).await.map_err(|e| e.to_string())
             }
             Worker::Sqlite(_) => unreachable!("SQLite's fastest driver runs on a blocking thread"),
         }
@@ -644,6 +698,9 @@ impl Bench {
                 )
             }
             (Driver::Fastest, _) => Worker::Sqlite(SqliteWorker::open(&self.urls[node])),
+            (Driver::RusqliteThread, _) => {
+                Worker::SqliteThread(SqliteThread::open(&self.urls[node]))
+            }
         }
     }
 
@@ -814,8 +871,9 @@ async fn main() {
         let scale = if warm_up { 10 } else { 1 };
         // Rotate which driver goes first, so that none always runs warmer;
         // LangBot's store goes first or last in turn.
-        let mut order = Driver::ALL;
-        order.rotate_left(run % Driver::ALL.len());
+        let mut order = Driver::all(db_backend);
+        let drivers = order.len();
+        order.rotate_left(run % drivers);
         let langbot_figures = |langbot: &mut Figures| {
             if let Some(git) = &args.langbot {
                 let figures = langbot_run(&args, git, &t.url, scale, run);
@@ -929,6 +987,9 @@ async fn main() {
         medians(Driver::Fastest),
         medians(Driver::SqlxPool),
     );
+    let rusqlite_thread = figures
+        .contains_key(&Driver::RusqliteThread)
+        .then(|| medians(Driver::RusqliteThread));
     let ratio = |to: &BTreeMap<String, f64>| -> BTreeMap<String, f64> {
         store
             .iter()
@@ -957,6 +1018,7 @@ async fn main() {
             "ratio_to_fastest": ratio(&fastest),
             "sqlx_pool_ops_per_s": pool,
             "ratio_to_sqlx_pool": ratio(&pool),
+            "rusqlite_thread_ops_per_s": rusqlite_thread,
             "e_errors": e_errors,
             "e_final_rows": e_rows,
             "langbot_ref": args.langbot.as_ref().map(|_| &args.langbot_ref),
