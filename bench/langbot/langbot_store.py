@@ -16,12 +16,12 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 import types
-import urllib.parse
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from langbot_source import materialise, sqlalchemy_url  # noqa: E402
 
 # LangBot's files the bench runs, as they sit in its repository.
 REAL = [
@@ -35,48 +35,6 @@ STAND_INS = {
     "src/langbot/pkg/agent/runner/descriptor.py": "AgentRunnerDescriptor = object\n",
     "src/langbot/pkg/agent/runner/host_models.py": "AgentEventEnvelope = AgentBinding = object\n",
 }
-
-
-def materialise(git_dir: str, ref: str) -> str:
-    """LangBot's files at `ref` in a temporary package tree; its root."""
-    root = tempfile.mkdtemp(prefix="langbot-store-")
-    for path in REAL:
-        text = subprocess.run(
-            ["git", "--git-dir", git_dir, "show", f"{ref}:{path}"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        write(root, path, text)
-    for path, text in STAND_INS.items():
-        write(root, path, text)
-    return os.path.join(root, "src")
-
-
-def write(root: str, path: str, text: str) -> None:
-    full = os.path.join(root, path)
-    os.makedirs(os.path.dirname(full), exist_ok=True)
-    # Every folder a package, none running LangBot's own __init__ code.
-    folder = os.path.dirname(full)
-    while folder.startswith(os.path.join(root, "src", "langbot")):
-        init = os.path.join(folder, "__init__.py")
-        if not os.path.exists(init):
-            open(init, "w").close()
-        folder = os.path.dirname(folder)
-    with open(full, "w") as f:
-        f.write(text)
-
-
-def sqlalchemy_url(url: str) -> str:
-    """The bench's database URL for SQLAlchemy's async drivers."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme == "sqlite":
-        path = url.split("://", 1)[1].split("?", 1)[0]
-        return f"sqlite+aiosqlite:///{path}"
-    scheme = {"postgres": "postgresql+asyncpg", "postgresql": "postgresql+asyncpg",
-              "mysql": "mysql+aiomysql", "mariadb": "mysql+aiomysql"}[parts.scheme]
-    # Parameters are the Rust drivers' (sslmode, pooler...): left out.
-    return urllib.parse.urlunsplit((scheme, parts.netloc, parts.path, "", ""))
 
 
 def ns(**kw):
@@ -113,7 +71,7 @@ async def main() -> None:
     p.add_argument("--tag", default="0", help="makes this run's scopes its own")
     args = p.parse_args()
 
-    sys.path.insert(0, materialise(args.git, args.ref))
+    sys.path.insert(0, materialise(args.git, args.ref, REAL, STAND_INS))
     from sqlalchemy.ext.asyncio import create_async_engine
     from langbot.pkg.agent.runner.persistent_state_store import PersistentStateStore
     from langbot.pkg.agent.runner.state_scope import build_state_scope_key

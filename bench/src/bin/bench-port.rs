@@ -39,6 +39,59 @@ struct Args {
     /// Rows per batch.
     #[arg(long, default_value_t = 1000)]
     batch_size: u64,
+    /// LangBot's git directory: runs LangBot's own port
+    /// (`bench/langbot/langbot_port.py`) on the same rows in the same run.
+    #[arg(long)]
+    langbot: Option<PathBuf>,
+    /// The LangBot ref whose port runs (the last one that has it).
+    #[arg(long, default_value = "9aa71d54e^")]
+    langbot_ref: String,
+    /// The Python that runs it (with bench/langbot/requirements.txt).
+    #[arg(long, default_value = "python3")]
+    python: String,
+}
+
+/// LangBot's own port of the same rows, in the same run: the rows are kept
+/// aside, LangBot's alembic migration rewrites them, and they are put back
+/// as seeded. Its seconds and peak RSS in MiB.
+async fn langbot_port(
+    db: &DatabaseConnection,
+    args: &Args,
+    git: &PathBuf,
+    url: &str,
+) -> (f64, f64) {
+    exec(db, "DROP TABLE IF EXISTS bench_pristine").await;
+    exec(
+        db,
+        "CREATE TABLE bench_pristine AS SELECT * FROM legacy_pipelines",
+    )
+    .await;
+    let script = testkit::workspace_root().join("bench/langbot/langbot_port.py");
+    let out = Command::new(&args.python)
+        .arg(script)
+        .arg("--git")
+        .arg(git)
+        .args(["--ref", &args.langbot_ref, "--url", url])
+        .output()
+        .expect("run LangBot's port (is python3 installed?)");
+    assert!(
+        out.status.success(),
+        "LangBot's port failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let figures: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("LangBot's figures as JSON");
+    exec(db, "DELETE FROM legacy_pipelines").await;
+    exec(
+        db,
+        "INSERT INTO legacy_pipelines SELECT * FROM bench_pristine",
+    )
+    .await;
+    exec(db, "DROP TABLE bench_pristine").await;
+    (
+        figures["seconds"].as_f64().unwrap_or(f64::NAN),
+        figures["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
+    )
 }
 
 const LEGACY: [&str; 7] = [
@@ -242,6 +295,10 @@ async fn main() {
     let batch = args.batch_size.to_string();
 
     let floor_s = sql_only_floor(db, backend).await;
+    let langbot = match &args.langbot {
+        Some(git) => Some(langbot_port(db, &args, git, &url).await),
+        None => None,
+    };
     // The schema migration and the port (not the rename after it).
     let cpu_before = children_cpu_s();
     let (first_s, first_rss) =
@@ -268,6 +325,10 @@ async fn main() {
             "first_pass_client_cpu_s": (first_cpu_s * 100.0).round() / 100.0,
             "sql_only_floor_s": (floor_s * 100.0).round() / 100.0,
             "ratio_to_sql_only_floor": (floor_s / first_s * 100.0).round() / 100.0,
+            "langbot_ref": langbot.map(|_| &args.langbot_ref),
+            "langbot_s": langbot.map(|(s, _)| s),
+            "langbot_peak_rss_mib": langbot.map(|(_, rss)| rss),
+            "speedup_over_langbot": langbot.map(|(s, _)| (s / first_s * 10.0).round() / 10.0),
             "noop_rerun_s": (rerun_s * 100.0).round() / 100.0,
             "peak_rss_mib": ((first_rss.max(rerun_rss)) * 10.0).round() / 10.0,
         })
