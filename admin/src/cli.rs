@@ -254,7 +254,11 @@ pub async fn main(cli: Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             service::logging::report_failure(format, &e);
-            ExitCode::FAILURE
+            match e {
+                // As clap exits on options it cannot parse.
+                CliError::Usage(_) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

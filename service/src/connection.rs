@@ -193,9 +193,10 @@ pub fn redact(url: &str) -> String {
 /// one in use more recently goes out as it is (see [`connect_options`]).
 pub const PING_IF_IDLE_FOR: Duration = Duration::from_secs(30);
 
-/// Connections the pool keeps open even when idle: one spare beside the one
-/// in use, so that a task never waits for the pool's check of a connection
-/// just returned.
+/// Connections a PostgreSQL or MySQL pool keeps open even when idle: one
+/// spare beside the one in use, so that a task never waits for the pool's
+/// check of a connection just returned. (A SQLite pool is SeaORM's one
+/// connection: one writer at a time.)
 pub const MIN_CONNECTIONS: u32 = 2;
 
 /// Connect options for `url`, the settings this workspace recommends to
@@ -206,7 +207,7 @@ pub const MIN_CONNECTIONS: u32 = 2;
 ///   connection that died anyway (a server restart) fails its statement,
 ///   the pool drops it, and the store sends a read or an upsert again on
 ///   another ([`retry::is_connection_lost`](crate::retry::is_connection_lost));
-/// * [`MIN_CONNECTIONS`] kept open;
+/// * [`MIN_CONNECTIONS`] kept open (PostgreSQL, MySQL);
 /// * SQLite files in WAL mode with a busy timeout (several processes share
 ///   them); no per-statement logging;
 /// * behind a transaction pooler, no statement cache (a cached statement
@@ -222,13 +223,15 @@ pub fn connect_options(url: &str) -> Result<ConnectOptions, ConnectError> {
         .connect_timeout(Duration::from_secs(10))
         .acquire_timeout(Duration::from_secs(30))
         .test_before_acquire_if_idle_for(PING_IF_IDLE_FOR)
-        .min_connections(MIN_CONNECTIONS)
         .map_sqlx_sqlite_opts(|o: SqliteConnectOptions| {
             o.journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(SQLITE_BUSY_TIMEOUT)
                 .foreign_keys(true)
         });
+    if url.backend() != DbBackend::Sqlite {
+        opts.min_connections(MIN_CONNECTIONS);
+    }
     if url.pooler() == Pooler::Transaction {
         opts.map_sqlx_postgres_opts(|o| o.statement_cache_capacity(0));
     }

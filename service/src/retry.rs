@@ -42,15 +42,15 @@ pub fn is_transient(e: &DbErr) -> bool {
     )
 }
 
-/// Whether `e` says the connection died: the socket failed or closed, or
-/// the server ended the session (PostgreSQL class `57P0x` shutdown or
-/// termination and class `08` connection exceptions; MySQL/MariaDB 1053
-/// shutdown, 1927 killed, 2006 gone away, 2013 lost). Not an error to
-/// acquire a connection: a server that is down stays an error.
+/// Whether `e` says the connection died under a statement: the socket
+/// failed or closed, or the server ended the session (PostgreSQL `57P01`
+/// to `57P03`, shutdown or termination; `08000`, `08003`, `08006`,
+/// connection lost; MySQL/MariaDB 1053 shutdown, 1927 killed, 4031
+/// disconnected while idle). Only errors of a statement count: a pool that
+/// cannot open a connection (`DbErr::Conn`, `ConnectionAcquire`) is not one,
+/// and neither is a protocol error (`08P01`) on a healthy connection.
 pub fn is_connection_lost(e: &DbErr) -> bool {
-    let (DbErr::Exec(RuntimeErr::SqlxError(err))
-    | DbErr::Query(RuntimeErr::SqlxError(err))
-    | DbErr::Conn(RuntimeErr::SqlxError(err))) = e
+    let (DbErr::Exec(RuntimeErr::SqlxError(err)) | DbErr::Query(RuntimeErr::SqlxError(err))) = e
     else {
         return false;
     };
@@ -59,11 +59,12 @@ pub fn is_connection_lost(e: &DbErr) -> bool {
         sea_orm::sqlx::Error::Database(db_err) => {
             if let Some(my) = db_err.try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>()
             {
-                return matches!(my.number(), 1053 | 1927 | 2006 | 2013);
+                return matches!(my.number(), 1053 | 1927 | 4031);
             }
-            db_err
-                .code()
-                .is_some_and(|c| c.starts_with("57P0") || c.starts_with("08"))
+            matches!(
+                db_err.code().as_deref(),
+                Some("57P01" | "57P02" | "57P03" | "08000" | "08003" | "08006")
+            )
         }
         _ => false,
     }

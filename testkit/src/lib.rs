@@ -742,8 +742,10 @@ pub fn kill_points(seed: u64, n: u64, total: u64) -> Vec<u64> {
 
 /// Kills a run four times at progress drawn from a fresh, printed seed
 /// ([`kill_points`] over `total` rows): each time `spawn` starts the run and
-/// [`kill_when`] kills it once `progress` reaches the point. Asserts every
-/// kill landed mid-run (some rows done, not all) and past the one before.
+/// [`kill_when`] kills it once `progress` reaches the point (or just past the
+/// rows the previous kill left, when that overshoot passed the point).
+/// Asserts every kill landed mid-run (some rows done, not all) and past the
+/// one before.
 ///
 /// # Panics
 /// When a kill did not land mid-run.

@@ -9,7 +9,12 @@
 //!   `MySqlConnection`, or rusqlite (prepared, cached; each task a blocking
 //!   thread): one connection per task;
 //! * `sqlx_pool`: the same SQL through the sqlx pool under SeaORM, so that
-//!   the pool's own cost shows apart from the ORM's.
+//!   the pool's own cost shows apart from the ORM's;
+//! * `rusqlite_thread` (SQLite only): rusqlite on a dedicated thread per
+//!   connection, one message per statement: what a rusqlite-backed store
+//!   would cost;
+//! * with `--langbot <git dir>`: LangBot's own store
+//!   (`bench/langbot/langbot_store.py`), one task, in every run.
 //!
 //! Workloads (LangBot's store was measured on the same ones): a_insert,
 //! a_overwrite, b_get, c_list, d_snapshot, each on one task and on 8 tasks

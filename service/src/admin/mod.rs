@@ -26,7 +26,8 @@ use serde_json::{Value, json};
 pub enum AdminError {
     /// A purge without a filter that names whose rows go.
     #[error(
-        "purge needs --actor-id, --conversation, --runner or --binding (other filters narrow it)"
+        "a purge must name whose rows go: an actor id, a conversation, a runner or a binding \
+         (other filters only narrow it)"
     )]
     PurgeUnfiltered,
     /// Rows matching the filter changed between counting and deleting; the
