@@ -373,7 +373,8 @@ async fn killed_holder_blocks_at_most_one_lease(t: TestDb) {
             let busy = t
                 .rows_as_text(
                     "SELECT pid FROM pg_stat_activity WHERE xact_start IS NOT NULL \
-                     AND query LIKE '%legacy_pipelines%' AND pid <> pg_backend_pid()",
+                     AND query LIKE '%legacy_pipelines%' AND pid <> pg_backend_pid() \
+                     AND datname = current_database()",
                 )
                 .await;
             busy.len() as u64
