@@ -594,7 +594,7 @@ pub fn as_stored(backend: DbBackend, t: NaiveDateTime) -> NaiveDateTime {
     }
 }
 
-fn validate_text(field: &'static str, text: &str, max: usize) -> Result<()> {
+pub(crate) fn validate_text(field: &'static str, text: &str, max: usize) -> Result<()> {
     if text.contains('\0') {
         return Err(StateError::NulCharacter { field });
     }
@@ -615,7 +615,7 @@ fn validate_key(key: &str) -> Result<()> {
 }
 
 /// Every column a first set writes, against its length (SPEC section 3).
-fn validate_context(c: &IdentityColumns) -> Result<()> {
+pub(crate) fn validate_context(c: &IdentityColumns) -> Result<()> {
     validate_text("runner_id", &c.runner_id, max_chars(Column::RunnerId))?;
     validate_text(
         "binding_identity",

@@ -27,6 +27,8 @@ use sea_orm::{
 use serde::Deserialize;
 use sha2::Digest;
 
+use crate::IdentityColumns;
+
 use super::RowPages;
 
 /// Lines written per round of lookups and inserts.
@@ -68,22 +70,10 @@ pub enum LineError {
     /// wrong type).
     #[error("not an export line: {0}")]
     Malformed(#[source] serde_json::Error),
-    /// Longer than its column.
-    #[error("{field} is {chars} characters long, over its limit of {max}")]
-    TooLong {
-        /// The field.
-        field: &'static str,
-        /// Its length.
-        chars: usize,
-        /// The column's length.
-        max: usize,
-    },
-    /// Holds U+0000, which PostgreSQL cannot store.
-    #[error("{field} contains the character U+0000")]
-    Nul {
-        /// The field.
-        field: &'static str,
-    },
+    /// A text longer than its column, or holding U+0000 (which PostgreSQL
+    /// cannot store): the store's own checks.
+    #[error(transparent)]
+    Column(#[from] crate::StateError),
     /// A timestamp that is not `YYYY-MM-DD HH:MM:SS[.ffffff]`.
     #[error("{field} is not a timestamp: {text:?}")]
     Timestamp {
@@ -155,17 +145,6 @@ pub struct ImportSummary {
     pub replaced: u64,
 }
 
-fn text(field: &'static str, value: &str, max: usize) -> Result<(), LineError> {
-    if value.contains('\0') {
-        return Err(LineError::Nul { field });
-    }
-    let chars = value.chars().count();
-    if chars > max {
-        return Err(LineError::TooLong { field, chars, max });
-    }
-    Ok(())
-}
-
 fn timestamp(field: &'static str, value: &str) -> Result<NaiveDateTime, LineError> {
     NaiveDateTime::parse_from_str(value, "%Y-%m-%d %H:%M:%S%.f").map_err(|_| LineError::Timestamp {
         field,
@@ -173,87 +152,13 @@ fn timestamp(field: &'static str, value: &str) -> Result<NaiveDateTime, LineErro
     })
 }
 
-/// A line checked against the columns, as a row.
+/// A line checked against the columns, as a row: the context columns as
+/// the store checks them before a set, then the key columns and the value.
 fn to_model(line: Line) -> Result<Model, LineError> {
-    use crate::store::max_chars;
-    for (field, value, max) in [
-        (
-            "runner_id",
-            Some(&line.runner_id),
-            max_chars(Column::RunnerId),
-        ),
-        (
-            "binding_identity",
-            Some(&line.binding_identity),
-            max_chars(Column::BindingIdentity),
-        ),
-        ("scope", Some(&line.scope), max_chars(Column::Scope)),
-        (
-            "scope_key",
-            Some(&line.scope_key),
-            max_chars(Column::ScopeKey),
-        ),
-        (
-            "state_key",
-            Some(&line.state_key),
-            max_chars(Column::StateKey),
-        ),
-        ("bot_id", line.bot_id.as_ref(), max_chars(Column::BotId)),
-        (
-            "workspace_id",
-            line.workspace_id.as_ref(),
-            max_chars(Column::WorkspaceId),
-        ),
-        (
-            "conversation_id",
-            line.conversation_id.as_ref(),
-            max_chars(Column::ConversationId),
-        ),
-        (
-            "thread_id",
-            line.thread_id.as_ref(),
-            max_chars(Column::ThreadId),
-        ),
-        (
-            "actor_type",
-            line.actor_type.as_ref(),
-            max_chars(Column::ActorType),
-        ),
-        (
-            "actor_id",
-            line.actor_id.as_ref(),
-            max_chars(Column::ActorId),
-        ),
-        (
-            "subject_type",
-            line.subject_type.as_ref(),
-            max_chars(Column::SubjectType),
-        ),
-        (
-            "subject_id",
-            line.subject_id.as_ref(),
-            max_chars(Column::SubjectId),
-        ),
-        (
-            "value_json",
-            line.value_json.as_ref(),
-            crate::store::MAX_VALUE_BYTES,
-        ),
-    ] {
-        if let Some(v) = value {
-            text(field, v, max)?;
-        }
-    }
-    Ok(Model {
-        id: 0,
-        created_at: timestamp("created_at", &line.created_at)?,
-        updated_at: timestamp("updated_at", &line.updated_at)?,
+    use crate::store::{MAX_VALUE_BYTES, max_chars, validate_context, validate_text};
+    let context = IdentityColumns {
         runner_id: line.runner_id,
         binding_identity: line.binding_identity,
-        scope: line.scope,
-        scope_key: line.scope_key,
-        state_key: line.state_key,
-        value_json: line.value_json,
         bot_id: line.bot_id,
         workspace_id: line.workspace_id,
         conversation_id: line.conversation_id,
@@ -262,6 +167,32 @@ fn to_model(line: Line) -> Result<Model, LineError> {
         actor_id: line.actor_id,
         subject_type: line.subject_type,
         subject_id: line.subject_id,
+    };
+    validate_context(&context)?;
+    validate_text("scope", &line.scope, max_chars(Column::Scope))?;
+    validate_text("scope_key", &line.scope_key, max_chars(Column::ScopeKey))?;
+    validate_text("state_key", &line.state_key, max_chars(Column::StateKey))?;
+    if let Some(value_json) = &line.value_json {
+        validate_text("value_json", value_json, MAX_VALUE_BYTES)?;
+    }
+    Ok(Model {
+        id: 0,
+        created_at: timestamp("created_at", &line.created_at)?,
+        updated_at: timestamp("updated_at", &line.updated_at)?,
+        runner_id: context.runner_id,
+        binding_identity: context.binding_identity,
+        scope: line.scope,
+        scope_key: line.scope_key,
+        state_key: line.state_key,
+        value_json: line.value_json,
+        bot_id: context.bot_id,
+        workspace_id: context.workspace_id,
+        conversation_id: context.conversation_id,
+        thread_id: context.thread_id,
+        actor_type: context.actor_type,
+        actor_id: context.actor_id,
+        subject_type: context.subject_type,
+        subject_id: context.subject_id,
     })
 }
 
