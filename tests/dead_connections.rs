@@ -15,7 +15,7 @@ use serde_json::json;
 use service::{
     Actor, Binding, Event, IdentityColumns, Scope, StateContext, StatePolicy, StateStore,
 };
-use testkit::{Backend, TestDb, Topology};
+use testkit::{TestDb, on_every_server_topology};
 
 fn ctx(actor: &str) -> StateContext {
     let event = Event {
@@ -179,65 +179,4 @@ async fn errors_of(tasks: Vec<tokio::task::JoinHandle<service::Result<()>>>) -> 
     errors
 }
 
-mod a_pool_survives_its_connections_ending {
-    use super::*;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn postgres() {
-        testkit::run_on(
-            Backend::Postgres,
-            "dead_conn",
-            super::a_pool_survives_its_connections_ending,
-        )
-        .await
-    }
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn mysql() {
-        testkit::run_on(
-            Backend::MySql,
-            "dead_conn",
-            super::a_pool_survives_its_connections_ending,
-        )
-        .await
-    }
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn postgres_tls() {
-        testkit::run_on_topology(
-            Backend::Postgres,
-            Topology::Tls,
-            "dead_conn",
-            super::a_pool_survives_its_connections_ending,
-        )
-        .await
-    }
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn mysql_tls() {
-        testkit::run_on_topology(
-            Backend::MySql,
-            Topology::Tls,
-            "dead_conn",
-            super::a_pool_survives_its_connections_ending,
-        )
-        .await
-    }
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn postgres_pgbouncer() {
-        testkit::run_on_topology(
-            Backend::Postgres,
-            Topology::Pooler,
-            "dead_conn",
-            super::a_pool_survives_its_connections_ending,
-        )
-        .await
-    }
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn mysql_galera() {
-        testkit::run_on_topology(
-            Backend::MySql,
-            Topology::Galera,
-            "dead_conn",
-            super::a_pool_survives_its_connections_ending,
-        )
-        .await
-    }
-}
+on_every_server_topology!(a_pool_survives_its_connections_ending);

@@ -564,24 +564,76 @@ macro_rules! on_every_topology {
     ($($scenario:ident),* $(,)?) => {$(
         mod $scenario {
             $crate::__backend_tests!($scenario);
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres_tls() {
-                $crate::run_on_topology($crate::Backend::Postgres, $crate::Topology::Tls, stringify!($scenario), super::$scenario).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn mysql_tls() {
-                $crate::run_on_topology($crate::Backend::MySql, $crate::Topology::Tls, stringify!($scenario), super::$scenario).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres_pgbouncer() {
-                $crate::run_on_topology($crate::Backend::Postgres, $crate::Topology::Pooler, stringify!($scenario), super::$scenario).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn mysql_galera() {
-                $crate::run_on_topology($crate::Backend::MySql, $crate::Topology::Galera, stringify!($scenario), super::$scenario).await
-            }
+            $crate::__topology_tests!($scenario);
         }
     )*};
+}
+
+/// As [`on_every_topology!`] without SQLite: for scenarios about servers
+/// (connections a server ends, sessions) that have no SQLite meaning.
+#[macro_export]
+macro_rules! on_every_server_topology {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                $crate::run_on($crate::Backend::Postgres, stringify!($scenario), super::$scenario).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql() {
+                $crate::run_on($crate::Backend::MySql, stringify!($scenario), super::$scenario).await
+            }
+            $crate::__topology_tests!($scenario);
+        }
+    )*};
+}
+
+/// The four production-topology tests of a scenario (shared by the macros).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __topology_tests {
+    ($scenario:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn postgres_tls() {
+            $crate::run_on_topology(
+                $crate::Backend::Postgres,
+                $crate::Topology::Tls,
+                stringify!($scenario),
+                super::$scenario,
+            )
+            .await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn mysql_tls() {
+            $crate::run_on_topology(
+                $crate::Backend::MySql,
+                $crate::Topology::Tls,
+                stringify!($scenario),
+                super::$scenario,
+            )
+            .await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn postgres_pgbouncer() {
+            $crate::run_on_topology(
+                $crate::Backend::Postgres,
+                $crate::Topology::Pooler,
+                stringify!($scenario),
+                super::$scenario,
+            )
+            .await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn mysql_galera() {
+            $crate::run_on_topology(
+                $crate::Backend::MySql,
+                $crate::Topology::Galera,
+                stringify!($scenario),
+                super::$scenario,
+            )
+            .await
+        }
+    };
 }
 
 /// Expands each `async fn name(db: TestDb)` into one test on the 3-node
