@@ -57,7 +57,7 @@ struct Args {
 async fn langbot_port(
     db: &DatabaseConnection,
     args: &Args,
-    git: &PathBuf,
+    git: &std::path::Path,
     url: &str,
 ) -> (f64, f64) {
     exec(db, "DROP TABLE IF EXISTS bench_pristine").await;
@@ -66,21 +66,14 @@ async fn langbot_port(
         "CREATE TABLE bench_pristine AS SELECT * FROM legacy_pipelines",
     )
     .await;
-    let script = testkit::workspace_root().join("bench/langbot/langbot_port.py");
-    let out = Command::new(&args.python)
-        .arg(script)
-        .arg("--git")
-        .arg(git)
-        .args(["--ref", &args.langbot_ref, "--url", url])
-        .output()
-        .expect("run LangBot's port (is python3 installed?)");
-    assert!(
-        out.status.success(),
-        "LangBot's port failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let figures: serde_json::Value = bench::run_langbot(
+        &args.python,
+        "langbot_port.py",
+        git,
+        &args.langbot_ref,
+        url,
+        &[],
     );
-    let figures: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("LangBot's figures as JSON");
     exec(db, "DELETE FROM legacy_pipelines").await;
     exec(
         db,
@@ -281,12 +274,7 @@ fn release_migration_binary() -> PathBuf {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let backend = Backend::parse(&args.backend).unwrap_or_else(|| {
-        panic!(
-            "unknown backend {}: sqlite, postgres or mysql",
-            args.backend
-        )
-    });
+    let backend = bench::backend_arg(&args.backend);
     let bin = release_migration_binary();
     // A database of its own, dropped at the end (the test harness's).
     let t = TestDb::create(backend, "bench_port", args.url.as_deref()).await;

@@ -40,7 +40,7 @@ use serde_json::{Value, json};
 use service::{
     Actor, Binding, Event, IdentityColumns, Scope, StateContext, StatePolicy, StateStore,
 };
-use testkit::{Backend, TestDb};
+use testkit::TestDb;
 
 #[derive(Parser)]
 struct Args {
@@ -79,21 +79,14 @@ fn langbot_run(
     scale: usize,
     run: usize,
 ) -> BTreeMap<String, f64> {
-    let script = testkit::workspace_root().join("bench/langbot/langbot_store.py");
-    let out = std::process::Command::new(&args.python)
-        .arg(script)
-        .arg("--git")
-        .arg(git)
-        .args(["--ref", &args.langbot_ref, "--url", url])
-        .args(["--scale", &scale.to_string(), "--tag", &run.to_string()])
-        .output()
-        .expect("run LangBot's store (is python3 installed?)");
-    assert!(
-        out.status.success(),
-        "LangBot's store failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("LangBot's figures as JSON")
+    bench::run_langbot(
+        &args.python,
+        "langbot_store.py",
+        git,
+        &args.langbot_ref,
+        url,
+        &["--scale", &scale.to_string(), "--tag", &run.to_string()],
+    )
 }
 
 const RUNNER: &str = "plugin:langbot/local-agent/default";
@@ -813,12 +806,7 @@ type Figures = BTreeMap<String, Vec<f64>>;
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let backend = Backend::parse(&args.backend).unwrap_or_else(|| {
-        panic!(
-            "unknown backend {}: sqlite, postgres or mysql",
-            args.backend
-        )
-    });
+    let backend = bench::backend_arg(&args.backend);
     let pooled = args.url.first().is_some_and(|url| {
         service::connection::DbUrl::parse(url)
             .expect("a database URL")
