@@ -35,6 +35,20 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// `state-admin copy` from one test database to another, which must
+/// succeed; its JSON summary.
+fn copied(from: &TestDb, to: &TestDb) -> Value {
+    let out = admin(&["copy", "--from", &from.url, "--to", &to.url], None);
+    assert!(
+        out.status.success(),
+        "{} -> {}: {}",
+        from.backend.name(),
+        to.backend.name(),
+        stderr(&out)
+    );
+    serde_json::from_str(&stdout(&out)).unwrap()
+}
+
 /// Export lines of rows as LangBot and this store write them: Python-style
 /// texts, floats that lenient parsers change, NaN, unicode, nulls; whole
 /// seconds (MariaDB's `DATETIME` keeps no more).
@@ -235,15 +249,7 @@ async fn copy_round_trip_across_backends() {
     let out = admin(&["-u", &a.url, "import"], Some(&jsonl(&rows)));
     assert!(out.status.success(), "{}", stderr(&out));
     for (from, to) in [(&a, &b), (&b, &c), (&c, &d)] {
-        let out = admin(&["copy", "--from", &from.url, "--to", &to.url], None);
-        assert!(
-            out.status.success(),
-            "{} -> {}: {}",
-            from.backend.name(),
-            to.backend.name(),
-            stderr(&out)
-        );
-        let summary: Value = serde_json::from_str(&stdout(&out)).unwrap();
+        let summary = copied(from, to);
         assert_eq!(summary["rows"], 700, "{summary}");
         assert_eq!(summary["import"]["inserted"], 700, "{summary}");
     }
@@ -257,14 +263,7 @@ async fn copy_round_trip_across_backends() {
         Migrator::up(&t.db, None).await.unwrap();
     }
     for (from, to) in [(&a, &f), (&f, &g), (&g, &h)] {
-        let out = admin(&["copy", "--from", &from.url, "--to", &to.url], None);
-        assert!(
-            out.status.success(),
-            "{} -> {}: {}",
-            from.backend.name(),
-            to.backend.name(),
-            stderr(&out)
-        );
+        copied(from, to);
     }
     assert_eq!(exported(&a.url), exported(&h.url));
     // Again: nothing to do, and still verified.
