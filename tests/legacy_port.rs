@@ -2,6 +2,7 @@
 //! made from LangBot's own DDL, on every backend: vectors, reversibility,
 //! bad shapes, idempotence, and a migration process killed mid-run.
 
+use migration::pipeline_rewrite::{Overlap, restore_all};
 use migration::port::{BACKUP_TABLE, port_all};
 use migration::{Migrator, MigratorTrait, catalog};
 use serde_json::Value;
@@ -76,7 +77,7 @@ async fn vectors_port_and_restore(t: TestDb) {
     assert_eq!(kept.len(), changed, "one kept original per changed row");
 
     // A second pass changes nothing and reports the same bad shapes.
-    let again = port_all(&t.db, 50).await.unwrap();
+    let again = port_all(&t.db, 50, Overlap::Pipelined).await.unwrap();
     assert_eq!((again.changed, again.reported), (0, unportable as u64));
     assert_eq!(t.pipeline_configs().await, after);
 
@@ -90,7 +91,7 @@ async fn vectors_port_and_restore(t: TestDb) {
 }
 
 async fn no_pipelines_table_is_a_no_op(t: TestDb) {
-    let summary = port_all(&t.db, 10).await.unwrap();
+    let summary = port_all(&t.db, 10, Overlap::Serial).await.unwrap();
     assert_eq!(summary.scanned, 0);
     assert!(!catalog::table_exists(&t.db, BACKUP_TABLE).await.unwrap());
 }
@@ -127,6 +128,48 @@ fn parsed(rows: Vec<(String, String)>) -> Vec<(String, Value)> {
             (uuid, value)
         })
         .collect()
+}
+
+/// Ranges of any size, one batch at a time or two at once, and inside a
+/// caller's transaction where there is one: every row is read once, and the table ends as an
+/// uninterrupted run of the pure function leaves it.
+async fn every_row_once_at_any_batch_size(t: TestDb) {
+    use sea_orm::TransactionTrait;
+    t.create_langbot_schema().await;
+    let rows = many_rows(23);
+    t.insert_pipelines(&rows).await;
+    let expected = expected_after_port(&rows);
+    let changed = expected
+        .iter()
+        .zip(&rows)
+        .filter(|((_, after), (_, text))| {
+            serde_json::from_str::<Value>(text).ok().as_ref() != Some(after)
+        })
+        .count() as u64;
+    assert!(changed > 0 && changed < rows.len() as u64);
+    for batch_size in [1, 4, 22, 23, 24] {
+        for overlap in [Overlap::Serial, Overlap::Pipelined] {
+            let summary = port_all(&t.db, batch_size, overlap).await.unwrap();
+            assert_eq!(
+                (summary.scanned, summary.changed),
+                (rows.len() as u64, changed),
+                "batches of {batch_size}, {overlap:?}"
+            );
+            assert_eq!(parsed(t.pipeline_configs().await), expected);
+            restore_all(&t.db, BACKUP_TABLE, batch_size).await.unwrap();
+            assert_eq!(t.pipeline_configs().await, rows);
+        }
+    }
+    // In a transaction (the migration binary behind a transaction pooler,
+    // PostgreSQL only: MySQL commits at the backup table's DDL).
+    if t.backend == Backend::MySql {
+        return;
+    }
+    let txn = t.db.begin().await.unwrap();
+    let summary = port_all(&txn, 5, Overlap::Serial).await.unwrap();
+    txn.commit().await.unwrap();
+    assert_eq!(summary.changed, changed);
+    assert_eq!(parsed(t.pipeline_configs().await), expected);
 }
 
 /// The port's name: the kill tests apply it, and only it, by name.
@@ -180,5 +223,6 @@ async fn killed_and_rerun(t: TestDb) {
 on_every_backend!(
     vectors_port_and_restore,
     no_pipelines_table_is_a_no_op,
+    every_row_once_at_any_batch_size,
     killed_and_rerun
 );

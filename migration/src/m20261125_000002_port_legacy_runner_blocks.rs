@@ -9,7 +9,7 @@ use sea_orm_migration::sea_orm::{ConnectionTrait, TransactionTrait};
 use service::legacy::port_in_place;
 
 pub use crate::pipeline_rewrite::PIPELINES_TABLE;
-use crate::pipeline_rewrite::{self, Rewrite, RewriteSummary};
+use crate::pipeline_rewrite::{self, Overlap, Rewrite, RewriteSummary};
 use crate::settings;
 
 /// This workspace's table of original configs, for `down`.
@@ -21,15 +21,15 @@ const PORT: Rewrite = Rewrite {
     transform: port_in_place,
 };
 
-/// Ports every pipeline config.
+/// Ports every pipeline config, `overlap` batches at once.
 ///
 /// # Errors
 /// A database error; the batches committed before it stay.
-pub async fn port_all<C>(db: &C, batch_size: u64) -> Result<RewriteSummary, DbErr>
+pub async fn port_all<C>(db: &C, batch_size: u64, overlap: Overlap) -> Result<RewriteSummary, DbErr>
 where
     C: ConnectionTrait + TransactionTrait,
 {
-    pipeline_rewrite::rewrite_all(db, &PORT, batch_size).await
+    pipeline_rewrite::rewrite_all(db, &PORT, batch_size, overlap).await
 }
 
 /// The migration.
@@ -52,7 +52,8 @@ impl crate::Plan for Migration {
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        port_all(manager.get_connection(), settings::batch_size())
+        let db = manager.get_connection();
+        port_all(db, settings::batch_size(), Overlap::of(db))
             .await
             .map(|_| ())
     }

@@ -530,7 +530,13 @@ impl crate::Plan for Migration {
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
-        pipeline_rewrite::rewrite_all(db, &RENAME_CONFIGS, settings::batch_size()).await?;
+        pipeline_rewrite::rewrite_all(
+            db,
+            &RENAME_CONFIGS,
+            settings::batch_size(),
+            pipeline_rewrite::Overlap::of(db),
+        )
+        .await?;
         rename_state_rows(db, settings::batch_size()).await?;
         Ok(())
     }

@@ -3,8 +3,10 @@
 //! (the legacy runner port, the runner id rename), each with its own
 //! transform and its own backup table.
 //!
-//! * Rows are walked in primary-key order, a batch at a time (keyset
-//!   pagination), so memory stays flat whatever the row count.
+//! * Rows are walked in primary-key order, a batch at a time (ranges of
+//!   `uuid` whose ends are found by index scans), so memory stays flat
+//!   whatever the row count. On a server's pool, two batches run at once
+//!   ([`Overlap`]).
 //! * Each batch is one transaction: its rows are locked, transformed, written
 //!   back (only those that change), and their original config text is kept
 //!   in the backup table, all committed together. A run killed at any point
@@ -24,7 +26,8 @@ use std::time::{Duration, Instant};
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{
-    ConnectionTrait, DbBackend, Statement, TransactionSession, TransactionTrait,
+    ConnectionTrait, DatabaseExecutor, DbBackend, IsolationLevel, Statement, TransactionSession,
+    TransactionTrait,
 };
 use serde_json::Value;
 
@@ -61,6 +64,15 @@ pub struct RewriteSummary {
     pub unchanged: u64,
     /// Rows left as they are because the transform cannot apply (reported).
     pub reported: u64,
+}
+
+impl std::ops::AddAssign for RewriteSummary {
+    fn add_assign(&mut self, batch: Self) {
+        self.scanned += batch.scanned;
+        self.changed += batch.changed;
+        self.unchanged += batch.unchanged;
+        self.reported += batch.reported;
+    }
 }
 
 fn backup(table: &str) -> Alias {
@@ -203,6 +215,85 @@ async fn create_backup_table<C: ConnectionTrait>(db: &C, table: &str) -> Result<
     db.execute(&create).await.map(|_| ())
 }
 
+/// How many batches of a rewrite run at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overlap {
+    /// One batch at a time: the only way inside a caller's transaction,
+    /// whose nested transactions share one connection.
+    Serial,
+    /// On a pool of a server, two batches at once, each in its own
+    /// transaction on its own connection: one batch's rows are read and
+    /// locked while the one before it is written, so the server works on
+    /// both while the client transforms. SQLite, one writer at a time,
+    /// still runs them one at a time.
+    Pipelined,
+}
+
+impl Overlap {
+    /// [`Pipelined`](Self::Pipelined) on a pool, [`Serial`](Self::Serial) in
+    /// a transaction.
+    pub fn of(db: &DatabaseExecutor<'_>) -> Self {
+        match db {
+            DatabaseExecutor::Connection(_) => Self::Pipelined,
+            _ => Self::Serial,
+        }
+    }
+
+    fn batches_in_flight(self, backend: DbBackend) -> usize {
+        match (self, backend) {
+            (Self::Pipelined, DbBackend::Postgres | DbBackend::MySql) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// The rows of one batch: `after < uuid <= until` (unbounded where `None`).
+#[derive(Clone, Debug)]
+struct Range {
+    after: Option<String>,
+    until: Option<String>,
+}
+
+/// The table cut into ranges of `batch_size` rows in uuid order, each end
+/// found by a scan of the primary key when the range is wanted. Rows that
+/// LangBot inserts meanwhile fall into some range: the last one has no end.
+fn ranges<C: ConnectionTrait>(
+    db: &C,
+    batch_size: u64,
+) -> impl futures_util::Stream<Item = Result<Range, DbErr>> + '_ {
+    // The state: where the next range starts, or None after the last one.
+    futures_util::stream::try_unfold(Some(None), move |next: Option<Option<String>>| async move {
+        let Some(after) = next else {
+            return Ok(None);
+        };
+        let until = range_end(db, after.as_deref(), batch_size).await?;
+        let then = until.clone().map(Some);
+        Ok(Some((Range { after, until }, then)))
+    })
+}
+
+/// The uuid `batch_size` rows past `after`, if there are that many.
+async fn range_end<C: ConnectionTrait>(
+    db: &C,
+    after: Option<&str>,
+    batch_size: u64,
+) -> Result<Option<String>, DbErr> {
+    let mut select = Query::select()
+        .column(uuid_col())
+        .from(Alias::new(PIPELINES_TABLE))
+        .order_by(uuid_col(), Order::Asc)
+        .limit(1)
+        .offset(Ord::max(batch_size, 1) - 1)
+        .to_owned();
+    if let Some(after) = after {
+        select.and_where(Expr::col(uuid_col()).gt(after));
+    }
+    match db.query_one(&select).await? {
+        Some(row) => Ok(Some(row.try_get_by_index(0)?)),
+        None => Ok(None),
+    }
+}
+
 /// Rewrites every row; see the module docs.
 ///
 /// # Errors
@@ -211,10 +302,12 @@ pub async fn rewrite_all<C>(
     db: &C,
     rewrite: &Rewrite,
     batch_size: u64,
+    overlap: Overlap,
 ) -> Result<RewriteSummary, DbErr>
 where
     C: ConnectionTrait + TransactionTrait,
 {
+    use futures_util::{TryStreamExt, stream::StreamExt};
     let label = rewrite.label;
     let mut summary = RewriteSummary::default();
     if !catalog::table_exists(db, PIPELINES_TABLE).await? {
@@ -226,36 +319,24 @@ where
     let total = count(db, PIPELINES_TABLE).await?;
     let started = Instant::now();
     let mut last_progress = started;
-    let mut after: Option<String> = None;
-    let mut attempt = 0;
-    loop {
-        // A batch that loses a conflict (a deadlock; on Galera, a
-        // certification conflict with a write on another node, reported at
-        // commit) is rolled back whole: count it again from the start.
-        let mut counted = summary.clone();
-        let batch = match rewrite_batch(
-            db,
-            rewrite,
-            &target,
-            after.as_deref(),
-            batch_size,
-            &mut counted,
-        )
-        .await
-        {
-            Ok(batch) => batch,
-            Err(e) if attempt < service::retry::MAX_RETRIES && service::retry::is_transient(&e) => {
-                attempt += 1;
-                tracing::warn!(attempt, error = %e, "{label}: a batch lost a write conflict; retrying it");
-                tokio::time::sleep(service::retry::backoff(attempt)).await;
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        attempt = 0;
-        summary = counted;
-        let Some(last) = batch else { break };
-        after = Some(last);
+    let in_flight = overlap.batches_in_flight(target.backend);
+    // Batches at once on MySQL read committed: its repeatable read would
+    // also lock the gaps around each range, so that they would wait on each
+    // other; the rows themselves are locked either way. (Inside a caller's
+    // transaction the level cannot change.)
+    let isolation = (in_flight > 1 && target.backend == DbBackend::MySql)
+        .then_some(IsolationLevel::ReadCommitted);
+    // Batches finish in order; on an error the one still running is
+    // dropped, its transaction rolled back.
+    let batches = ranges(db, batch_size)
+        .map(|range| {
+            let target = &target;
+            async move { rewrite_range(db, rewrite, target, &range?, isolation).await }
+        })
+        .buffered(in_flight);
+    let mut batches = std::pin::pin!(batches);
+    while let Some(batch) = batches.try_next().await? {
+        summary += batch;
         if last_progress.elapsed() >= PROGRESS_EVERY {
             last_progress = Instant::now();
             let rate = summary.scanned as f64 / started.elapsed().as_secs_f64();
@@ -287,30 +368,61 @@ where
     Ok(summary)
 }
 
-/// Rewrites one batch in one transaction; the last uuid read, or `None` at
-/// the end of the table.
+/// Rewrites one range, again from the start if it loses a conflict (a
+/// deadlock; on Galera, a certification conflict with a write on another
+/// node, reported at commit): the whole batch was rolled back.
+async fn rewrite_range<C>(
+    db: &C,
+    rewrite: &Rewrite,
+    target: &Target,
+    range: &Range,
+    isolation: Option<IsolationLevel>,
+) -> Result<RewriteSummary, DbErr>
+where
+    C: ConnectionTrait + TransactionTrait,
+{
+    let mut attempt = 0;
+    loop {
+        match rewrite_batch(db, rewrite, target, range, isolation).await {
+            Err(e) if attempt < service::retry::MAX_RETRIES && service::retry::is_transient(&e) => {
+                attempt += 1;
+                tracing::warn!(attempt, error = %e, "{}: a batch lost a write conflict; retrying it", rewrite.label);
+                tokio::time::sleep(service::retry::backoff(attempt)).await;
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Rewrites the rows of one range in one transaction.
 async fn rewrite_batch<C>(
     db: &C,
     rewrite: &Rewrite,
     target: &Target,
-    after: Option<&str>,
-    batch_size: u64,
-    summary: &mut RewriteSummary,
-) -> Result<Option<String>, DbErr>
+    range: &Range,
+    isolation: Option<IsolationLevel>,
+) -> Result<RewriteSummary, DbErr>
 where
     C: ConnectionTrait + TransactionTrait,
 {
-    let txn = db.begin().await?;
+    let txn = db.begin_with_config(isolation, None).await?;
     let mut sql = format!(
-        "SELECT uuid, {} FROM legacy_pipelines",
+        "SELECT uuid, {} FROM legacy_pipelines WHERE 1 = 1",
         target.read_config()
     );
     let mut values = Vec::new();
-    if let Some(after) = after {
-        sql.push_str(&format!(" WHERE uuid > {}", target.placeholder(1)));
-        values.push(after.into());
+    if let Some(after) = &range.after {
+        values.push(after.clone().into());
+        sql.push_str(&format!(" AND uuid > {}", target.placeholder(values.len())));
     }
-    sql.push_str(&format!(" ORDER BY uuid LIMIT {batch_size}"));
+    if let Some(until) = &range.until {
+        values.push(until.clone().into());
+        sql.push_str(&format!(
+            " AND uuid <= {}",
+            target.placeholder(values.len())
+        ));
+    }
+    sql.push_str(" ORDER BY uuid");
     if target.backend != DbBackend::Sqlite {
         // Hold the rows until commit: LangBot may be editing pipelines.
         sql.push_str(" FOR UPDATE");
@@ -318,11 +430,6 @@ where
     let rows = txn
         .query_all_raw(Statement::from_sql_and_values(target.backend, sql, values))
         .await?;
-    let Some(last) = rows.last() else {
-        txn.commit().await?;
-        return Ok(None);
-    };
-    let last: String = last.try_get_by_index(0)?;
     let mut configs = Vec::with_capacity(rows.len());
     for row in &rows {
         configs.push((row.try_get_by_index(0)?, row.try_get_by_index(1)?));
@@ -342,20 +449,18 @@ where
     let spawn = |slice: Vec<(String, Option<String>)>| {
         tokio::task::spawn_blocking(move || transform_slice(transform, slice))
     };
+    let mut summary = RewriteSummary::default();
     let mut pending = slices.next().map(spawn);
     while let Some(handle) = pending.take() {
         let done = handle
             .await
             .map_err(|e| DbErr::Custom(format!("transforming configs: {e}")))??;
         pending = slices.next().map(spawn);
-        summary.scanned += done.summary.scanned;
-        summary.changed += done.summary.changed;
-        summary.unchanged += done.summary.unchanged;
-        summary.reported += done.summary.reported;
+        summary += done.summary;
         write_slice(&txn, rewrite, target, &done.changed).await?;
     }
     txn.commit().await?;
-    Ok(Some(last))
+    Ok(summary)
 }
 
 /// Rows whose JSON work runs as one piece on a blocking thread.

@@ -238,16 +238,24 @@ pub fn connect_options(url: &str) -> Result<ConnectOptions, ConnectError> {
     Ok(opts)
 }
 
-/// Options for a one-connection batch job (the migration binary): as
-/// [`connect_options`], with a pool of one and, on SQLite, a 16 MiB page
-/// cache, in-memory temporary journals and rarer WAL checkpoints, which
-/// halve the time of a large data migration.
+/// Connections a batch job's pool opens on a server: one per batch a data
+/// migration keeps in flight (`migration::pipeline_rewrite::Overlap`).
+pub const BATCH_CONNECTIONS: u32 = 2;
+
+/// Options for a batch job (the migration binary): as [`connect_options`],
+/// with a pool of [`BATCH_CONNECTIONS`] on a server and of one on SQLite (one
+/// writer), there with a 16 MiB page cache and in-memory temporary
+/// journals, which halve the time of a large data migration.
 ///
 /// # Errors
 /// As [`DbUrl::parse`].
 pub fn batch_connect_options(url: &str) -> Result<ConnectOptions, ConnectError> {
     let mut opts = connect_options(url)?;
-    opts.max_connections(1)
+    let connections = match DbUrl::parse(url)?.backend() {
+        DbBackend::Sqlite => 1,
+        _ => BATCH_CONNECTIONS,
+    };
+    opts.max_connections(connections)
         .min_connections(1)
         .max_lifetime(None)
         .idle_timeout(None)
