@@ -5,7 +5,7 @@
 //! are not JSON) stay as they are and are reported by pipeline uuid.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::{ConnectionTrait, TransactionTrait};
+use sea_orm_migration::sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait};
 use service::legacy::port_in_place;
 
 pub use crate::pipeline_rewrite::PIPELINES_TABLE;
@@ -27,7 +27,7 @@ const PORT: Rewrite = Rewrite {
 /// A database error; the batches committed before it stay.
 pub async fn port_all<C>(db: &C, batch_size: u64, overlap: Overlap) -> Result<RewriteSummary, DbErr>
 where
-    C: ConnectionTrait + TransactionTrait,
+    C: ConnectionTrait + TransactionTrait<Transaction = DatabaseTransaction>,
 {
     pipeline_rewrite::rewrite_all(db, &PORT, batch_size, overlap).await
 }

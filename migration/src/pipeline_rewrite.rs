@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{
-    ConnectionTrait, DatabaseExecutor, DbBackend, IsolationLevel, Statement, TransactionSession,
-    TransactionTrait,
+    ConnectionTrait, DatabaseExecutor, DatabaseTransaction, DbBackend, IsolationLevel, Statement,
+    TransactionSession, TransactionTrait,
 };
 use serde_json::Value;
 
@@ -254,44 +254,15 @@ struct Range {
     until: Option<String>,
 }
 
-/// The table cut into ranges of `batch_size` rows in uuid order, each end
-/// found by a scan of the primary key when the range is wanted. Rows that
-/// LangBot inserts meanwhile fall into some range: the last one has no end.
-fn ranges<C: ConnectionTrait>(
-    db: &C,
-    batch_size: u64,
-) -> impl futures_util::Stream<Item = Result<Range, DbErr>> + '_ {
-    // The state: where the next range starts, or None after the last one.
-    futures_util::stream::try_unfold(Some(None), move |next: Option<Option<String>>| async move {
-        let Some(after) = next else {
-            return Ok(None);
-        };
-        let until = range_end(db, after.as_deref(), batch_size).await?;
-        let then = until.clone().map(Some);
-        Ok(Some((Range { after, until }, then)))
-    })
-}
+/// `(uuid, config text)` rows of a batch.
+type Configs = Vec<(String, Option<String>)>;
 
-/// The uuid `batch_size` rows past `after`, if there are that many.
-async fn range_end<C: ConnectionTrait>(
-    db: &C,
-    after: Option<&str>,
-    batch_size: u64,
-) -> Result<Option<String>, DbErr> {
-    let mut select = Query::select()
-        .column(uuid_col())
-        .from(Alias::new(PIPELINES_TABLE))
-        .order_by(uuid_col(), Order::Asc)
-        .limit(1)
-        .offset(Ord::max(batch_size, 1) - 1)
-        .to_owned();
-    if let Some(after) = after {
-        select.and_where(Expr::col(uuid_col()).gt(after));
-    }
-    match db.query_one(&select).await? {
-        Some(row) => Ok(Some(row.try_get_by_index(0)?)),
-        None => Ok(None),
-    }
+/// A batch whose rows are read and locked in its transaction.
+struct Opened<T> {
+    txn: T,
+    /// Its rows' range, to read them again if the batch must be redone.
+    range: Range,
+    configs: Configs,
 }
 
 /// Rewrites every row; see the module docs.
@@ -305,9 +276,9 @@ pub async fn rewrite_all<C>(
     overlap: Overlap,
 ) -> Result<RewriteSummary, DbErr>
 where
-    C: ConnectionTrait + TransactionTrait,
+    C: ConnectionTrait + TransactionTrait<Transaction = DatabaseTransaction>,
 {
-    use futures_util::{TryStreamExt, stream::StreamExt};
+    use futures_util::StreamExt;
     let label = rewrite.label;
     let mut summary = RewriteSummary::default();
     if !catalog::table_exists(db, PIPELINES_TABLE).await? {
@@ -321,22 +292,50 @@ where
     let mut last_progress = started;
     let in_flight = overlap.batches_in_flight(target.backend);
     // Batches at once on MySQL read committed: its repeatable read would
-    // also lock the gaps around each range, so that they would wait on each
-    // other; the rows themselves are locked either way. (Inside a caller's
-    // transaction the level cannot change.)
+    // also lock the gaps around each batch's rows, so that they would wait
+    // on each other; the rows themselves are locked either way. (Inside a
+    // caller's transaction the level cannot change.)
     let isolation = (in_flight > 1 && target.backend == DbBackend::MySql)
         .then_some(IsolationLevel::ReadCommitted);
-    // Batches finish in order; on an error the one still running is
-    // dropped, its transaction rolled back.
-    let batches = ranges(db, batch_size)
-        .map(|range| {
-            let target = &target;
-            async move { rewrite_range(db, rewrite, target, &range?, isolation).await }
-        })
-        .buffered(in_flight);
-    let mut batches = std::pin::pin!(batches);
-    while let Some(batch) = batches.try_next().await? {
-        summary += batch;
+    let target = &target;
+    // Batches are opened one after the other, each past the last row of the
+    // one before, while up to `in_flight` opened ones are transformed and
+    // written; they finish in order. On an error the others are dropped,
+    // their transactions rolled back.
+    // Where the next batch starts (`None`: no rows are left).
+    let mut next: Option<Option<String>> = Some(None);
+    let mut finishing = futures_util::stream::FuturesOrdered::new();
+    loop {
+        let done = if finishing.len() < in_flight
+            && let Some(after) = next.take()
+        {
+            let open = open_next(db, target, after, batch_size, isolation);
+            let mut open = std::pin::pin!(open);
+            let finished = tokio::select! {
+                opened = &mut open => {
+                    if let Some(batch) = opened? {
+                        next = Some(batch.range.until.clone());
+                        finishing.push_back(rewrite_opened(db, rewrite, target, batch, isolation));
+                    }
+                    None
+                }
+                Some(done) = finishing.next(), if !finishing.is_empty() => Some(done?),
+            };
+            // A batch finished first, so that (two at once) none is left to
+            // drive while the next one opens.
+            let Some(done) = finished else { continue };
+            if let Some(batch) = open.await? {
+                next = Some(batch.range.until.clone());
+                finishing.push_back(rewrite_opened(db, rewrite, target, batch, isolation));
+            }
+            done
+        } else {
+            match finishing.next().await {
+                Some(done) => done?,
+                None => break,
+            }
+        };
+        summary += done;
         if last_progress.elapsed() >= PROGRESS_EVERY {
             last_progress = Instant::now();
             let rate = summary.scanned as f64 / started.elapsed().as_secs_f64();
@@ -368,42 +367,38 @@ where
     Ok(summary)
 }
 
-/// Rewrites one range, again from the start if it loses a conflict (a
-/// deadlock; on Galera, a certification conflict with a write on another
-/// node, reported at commit): the whole batch was rolled back.
-async fn rewrite_range<C>(
+/// The batch of up to `batch_size` rows past `after`, opened; `None` when
+/// no rows are left.
+async fn open_next<C>(
     db: &C,
-    rewrite: &Rewrite,
     target: &Target,
-    range: &Range,
+    after: Option<String>,
+    batch_size: u64,
     isolation: Option<IsolationLevel>,
-) -> Result<RewriteSummary, DbErr>
+) -> Result<Option<Opened<DatabaseTransaction>>, DbErr>
 where
-    C: ConnectionTrait + TransactionTrait,
+    C: ConnectionTrait + TransactionTrait<Transaction = DatabaseTransaction>,
 {
-    let mut attempt = 0;
-    loop {
-        match rewrite_batch(db, rewrite, target, range, isolation).await {
-            Err(e) if attempt < service::retry::MAX_RETRIES && service::retry::is_transient(&e) => {
-                attempt += 1;
-                tracing::warn!(attempt, error = %e, "{}: a batch lost a write conflict; retrying it", rewrite.label);
-                tokio::time::sleep(service::retry::backoff(attempt)).await;
-            }
-            done => return done,
-        }
+    let range = Range { after, until: None };
+    let batch = open_batch(db, target, range, Some(batch_size), isolation).await?;
+    if batch.configs.is_empty() {
+        batch.txn.commit().await?;
+        return Ok(None);
     }
+    Ok(Some(batch))
 }
 
-/// Rewrites the rows of one range in one transaction.
-async fn rewrite_batch<C>(
+/// Begins a batch's transaction and reads its rows, locked: those of
+/// `range`, at most `limit`.
+async fn open_batch<C>(
     db: &C,
-    rewrite: &Rewrite,
     target: &Target,
-    range: &Range,
+    range: Range,
+    limit: Option<u64>,
     isolation: Option<IsolationLevel>,
-) -> Result<RewriteSummary, DbErr>
+) -> Result<Opened<DatabaseTransaction>, DbErr>
 where
-    C: ConnectionTrait + TransactionTrait,
+    C: ConnectionTrait + TransactionTrait<Transaction = DatabaseTransaction>,
 {
     let txn = db.begin_with_config(isolation, None).await?;
     let mut sql = format!(
@@ -423,6 +418,9 @@ where
         ));
     }
     sql.push_str(" ORDER BY uuid");
+    if let Some(limit) = limit {
+        sql.push_str(&format!(" LIMIT {limit}"));
+    }
     if target.backend != DbBackend::Sqlite {
         // Hold the rows until commit: LangBot may be editing pipelines.
         sql.push_str(" FOR UPDATE");
@@ -430,11 +428,66 @@ where
     let rows = txn
         .query_all_raw(Statement::from_sql_and_values(target.backend, sql, values))
         .await?;
-    let mut configs = Vec::with_capacity(rows.len());
+    let mut configs: Configs = Vec::with_capacity(rows.len());
     for row in &rows {
         configs.push((row.try_get_by_index(0)?, row.try_get_by_index(1)?));
     }
-    drop(rows);
+    let range = Range {
+        until: configs.last().map(|(uuid, _)| uuid.clone()),
+        ..range
+    };
+    Ok(Opened {
+        txn,
+        range,
+        configs,
+    })
+}
+
+/// Finishes an opened batch; if it loses a conflict (a deadlock; on Galera,
+/// a certification conflict with a write on another node, reported at
+/// commit), the whole batch was rolled back: its range is read again and
+/// redone.
+async fn rewrite_opened<C>(
+    db: &C,
+    rewrite: &Rewrite,
+    target: &Target,
+    batch: Opened<DatabaseTransaction>,
+    isolation: Option<IsolationLevel>,
+) -> Result<RewriteSummary, DbErr>
+where
+    C: ConnectionTrait + TransactionTrait<Transaction = DatabaseTransaction>,
+{
+    let range = batch.range.clone();
+    let mut result = finish_batch(rewrite, target, batch).await;
+    let mut attempt = 0;
+    loop {
+        match result {
+            Err(e) if attempt < service::retry::MAX_RETRIES && service::retry::is_transient(&e) => {
+                attempt += 1;
+                tracing::warn!(attempt, error = %e, "{}: a batch lost a write conflict; retrying it", rewrite.label);
+                tokio::time::sleep(service::retry::backoff(attempt)).await;
+                result = match open_batch(db, target, range.clone(), None, isolation).await {
+                    Ok(batch) => finish_batch(rewrite, target, batch).await,
+                    Err(e) => Err(e),
+                };
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Transforms an opened batch's rows, writes them and commits.
+async fn finish_batch<T>(
+    rewrite: &Rewrite,
+    target: &Target,
+    batch: Opened<T>,
+) -> Result<RewriteSummary, DbErr>
+where
+    T: ConnectionTrait + TransactionSession,
+{
+    let Opened {
+        txn, mut configs, ..
+    } = batch;
     // The JSON work of one slice runs on a blocking thread while the
     // writes of the slice before it go to the server: the client's CPU and
     // the server's time overlap instead of adding up.
@@ -446,9 +499,8 @@ where
     }
     slices.push(configs);
     let mut slices = slices.into_iter();
-    let spawn = |slice: Vec<(String, Option<String>)>| {
-        tokio::task::spawn_blocking(move || transform_slice(transform, slice))
-    };
+    let spawn =
+        |slice: Configs| tokio::task::spawn_blocking(move || transform_slice(transform, slice));
     let mut summary = RewriteSummary::default();
     let mut pending = slices.next().map(spawn);
     while let Some(handle) = pending.take() {
