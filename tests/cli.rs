@@ -445,11 +445,17 @@ async fn check_reports_drift(t: TestDb) {
             t.exec("ALTER TABLE agent_runner_state MODIFY actor_id varchar(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci NULL")
                 .await
         }
-        // SQLite cannot change a column's type in place: rebuild the column.
+        // SQLite cannot change a column's type in place: rebuild the column,
+        // in one call, so on one of the pool's connections (SQLite parses
+        // DDL against the schema the connection last read, which the other
+        // connection's DDL above has made stale).
         Backend::Sqlite => {
-            t.exec("DROP INDEX ix_agent_runner_state_actor_id").await;
-            t.exec("ALTER TABLE agent_runner_state DROP COLUMN actor_id").await;
-            t.exec("ALTER TABLE agent_runner_state ADD COLUMN actor_id TEXT").await;
+            t.exec(
+                "DROP INDEX ix_agent_runner_state_actor_id; \
+                 ALTER TABLE agent_runner_state DROP COLUMN actor_id; \
+                 ALTER TABLE agent_runner_state ADD COLUMN actor_id TEXT",
+            )
+            .await;
         }
     }
     let out = run(&["check"]);

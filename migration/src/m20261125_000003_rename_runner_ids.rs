@@ -389,7 +389,7 @@ async fn rename_batch<C>(
 where
     C: ConnectionTrait + TransactionTrait,
 {
-    let txn = db.begin().await?;
+    let txn = service::connection::begin_writing(db, None).await?;
     let rows = txn.query_all_raw(sql.rows_after(after, batch_size)).await?;
     let Some(last) = rows.last() else {
         txn.commit().await?;
@@ -469,7 +469,7 @@ where
     };
     if catalog::table_exists(db, RENAME_LOG_TABLE).await? {
         loop {
-            let txn = db.begin().await?;
+            let txn = service::connection::begin_writing(db, None).await?;
             let rows = txn.query_all_raw(sql.log_page(batch_size)).await?;
             if rows.is_empty() {
                 txn.commit().await?;
@@ -493,7 +493,7 @@ where
             .await?;
     }
     if catalog::table_exists(db, CONFLICTS_TABLE).await? {
-        let txn = db.begin().await?;
+        let txn = service::connection::begin_writing(db, None).await?;
         txn.execute_unprepared(&format!(
             "INSERT INTO agent_runner_state SELECT * FROM {CONFLICTS_TABLE}"
         ))

@@ -400,7 +400,7 @@ async fn open_batch<C>(
 where
     C: ConnectionTrait + TransactionTrait<Transaction = DatabaseTransaction>,
 {
-    let txn = db.begin_with_config(isolation, None).await?;
+    let txn = service::connection::begin_writing(db, isolation).await?;
     let mut sql = format!(
         "SELECT uuid, {} FROM legacy_pipelines WHERE 1 = 1",
         target.read_config()
@@ -647,7 +647,7 @@ async fn restore_batch<C>(
 where
     C: ConnectionTrait + TransactionTrait,
 {
-    let txn = db.begin().await?;
+    let txn = service::connection::begin_writing(db, None).await?;
     let select = Query::select()
         .columns([uuid_col(), original_col()])
         .from(backup(backup_table))

@@ -18,7 +18,10 @@ use std::time::Duration;
 
 use sea_orm::sqlx;
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
+    IsolationLevel, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+};
 
 /// The embedded default database: this file in the working directory.
 pub const DEFAULT_SQLITE_FILE: &str = "agent_runner_state.db";
@@ -171,6 +174,21 @@ impl DbUrl {
         self.pooler
     }
 
+    /// Whether it names an in-memory SQLite database (`sqlite::memory:`,
+    /// `mode=memory`), which lives only as long as its connections.
+    pub fn sqlite_in_memory(&self) -> bool {
+        if self.backend != DbBackend::Sqlite {
+            return false;
+        }
+        let (path, query) = self
+            .driver_url
+            .split_once('?')
+            .unwrap_or((&self.driver_url, ""));
+        path.ends_with(":memory:")
+            || url::form_urlencoded::parse(query.as_bytes())
+                .any(|(key, value)| key == "mode" && value == "memory")
+    }
+
     /// The URL without its password, for messages.
     pub fn redacted(&self) -> String {
         redact(&self.driver_url)
@@ -193,10 +211,10 @@ pub fn redact(url: &str) -> String {
 /// one in use more recently goes out as it is (see [`connect_options`]).
 pub const PING_IF_IDLE_FOR: Duration = Duration::from_secs(30);
 
-/// Connections a PostgreSQL or MySQL pool keeps open even when idle: one
-/// spare beside the one in use, so that a task never waits for the pool's
-/// check of a connection just returned. (A SQLite pool is SeaORM's one
-/// connection: one writer at a time.)
+/// Connections a pool keeps open even when idle: one spare beside the one
+/// in use, so that a task never waits for the pool's check of a connection
+/// just returned. On a SQLite file this is the whole pool (see
+/// [`connect_options`]).
 pub const MIN_CONNECTIONS: u32 = 2;
 
 /// Connect options for `url`, the settings this workspace recommends to
@@ -207,7 +225,13 @@ pub const MIN_CONNECTIONS: u32 = 2;
 ///   connection that died anyway (a server restart) fails its statement,
 ///   the pool drops it, and the store sends a read or an upsert again on
 ///   another ([`retry::is_connection_lost`](crate::retry::is_connection_lost));
-/// * [`MIN_CONNECTIONS`] kept open (PostgreSQL, MySQL);
+/// * [`MIN_CONNECTIONS`] kept open; on a SQLite file, that many and no
+///   more: reads go on at once (WAL) and SQLite takes one writer at a time
+///   anyway. A transaction of the caller's that reads and then writes
+///   should begin with [`begin_writing`], or its first write can fail
+///   (`SQLITE_BUSY_SNAPSHOT`) when the other connection wrote meanwhile;
+///   an in-memory database keeps SeaORM's one connection (its connections
+///   would share one cache, whose table locks no busy timeout waits for);
 /// * SQLite files in WAL mode with a busy timeout (several processes share
 ///   them); no per-statement logging;
 /// * behind a transaction pooler, no statement cache (a cached statement
@@ -229,8 +253,15 @@ pub fn connect_options(url: &str) -> Result<ConnectOptions, ConnectError> {
                 .busy_timeout(SQLITE_BUSY_TIMEOUT)
                 .foreign_keys(true)
         });
-    if url.backend() != DbBackend::Sqlite {
-        opts.min_connections(MIN_CONNECTIONS);
+    match url.backend() {
+        DbBackend::Sqlite if url.sqlite_in_memory() => {}
+        DbBackend::Sqlite => {
+            opts.max_connections(MIN_CONNECTIONS)
+                .min_connections(MIN_CONNECTIONS);
+        }
+        _ => {
+            opts.min_connections(MIN_CONNECTIONS);
+        }
     }
     if url.pooler() == Pooler::Transaction {
         opts.map_sqlx_postgres_opts(|o| o.statement_cache_capacity(0));
@@ -293,6 +324,32 @@ pub fn read_only_connect_options(url: &str) -> Result<ConnectOptions, ConnectErr
 pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     let opts = connect_options(url).map_err(|e| DbErr::Custom(e.to_string()))?;
     Database::connect(opts).await
+}
+
+/// Begins a transaction that writes. On SQLite, `BEGIN IMMEDIATE`: it
+/// takes the write lock at once (waiting up to the busy timeout while
+/// another connection or process writes), so that a transaction that reads
+/// before it writes cannot fail at its first write because another
+/// connection wrote in between (`SQLITE_BUSY_SNAPSHOT`, which no busy
+/// timeout waits for). Elsewhere a plain `BEGIN`, at `isolation` if given.
+/// Inside a transaction, a savepoint as usual.
+///
+/// # Errors
+/// As [`TransactionTrait::begin`].
+pub async fn begin_writing<C>(
+    db: &C,
+    isolation: Option<IsolationLevel>,
+) -> Result<C::Transaction, DbErr>
+where
+    C: ConnectionTrait + TransactionTrait,
+{
+    let sqlite = db.get_database_backend() == DbBackend::Sqlite;
+    db.begin_with_options(TransactionOptions {
+        isolation_level: isolation,
+        access_mode: None,
+        sqlite_transaction_mode: sqlite.then_some(SqliteTransactionMode::Immediate),
+    })
+    .await
 }
 
 /// Opens and closes one plain connection to `url`, to learn why a server
@@ -467,5 +524,29 @@ mod tests {
         let u = DbUrl::parse("sqlite://agent_runner_state.db?mode=rwc").unwrap();
         assert_eq!(u.as_str(), "sqlite://agent_runner_state.db?mode=rwc");
         assert_eq!(redact("mysql://root@db/x"), "mysql://root@db/x");
+    }
+
+    #[test]
+    fn pool_sizes_follow_the_database() {
+        let pool = |url: &str| {
+            let o = connect_options(url).unwrap();
+            (o.get_min_connections(), o.get_max_connections())
+        };
+        // A SQLite file: a spare connection, and no more.
+        assert_eq!(pool("sqlite://state.db?mode=rwc"), (Some(2), Some(2)));
+        assert_eq!(pool("sqlite:memory.db"), (Some(2), Some(2)));
+        // In memory: SeaORM's one connection.
+        for url in [
+            "sqlite::memory:",
+            "sqlite://:memory:",
+            "sqlite://?mode=memory",
+            "sqlite:file:x?mode=memory&cache=shared",
+        ] {
+            assert!(DbUrl::parse(url).unwrap().sqlite_in_memory(), "{url}");
+            assert_eq!(pool(url), (None, None), "{url}");
+        }
+        // Servers: a spare, up to sqlx's default.
+        assert_eq!(pool("postgres://db/app"), (Some(2), None));
+        assert!(!DbUrl::parse("postgres://db/app?mode=memory").unwrap().sqlite_in_memory());
     }
 }

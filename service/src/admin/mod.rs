@@ -243,7 +243,7 @@ where
     if !filter.names_whose_rows() {
         return Err(AdminError::PurgeUnfiltered);
     }
-    let txn = db.begin().await?;
+    let txn = crate::connection::begin_writing(db, None).await?;
     let groups: Vec<(String, String, i64)> = filter
         .select()
         .select_only()

@@ -364,7 +364,7 @@ where
     C: ConnectionTrait + TransactionTrait,
 {
     require_migrated(db).await?;
-    let txn = db.begin().await?;
+    let txn = crate::connection::begin_writing(db, None).await?;
     let mut summary = ImportSummary::default();
     let mut batch = Vec::with_capacity(BATCH);
     for (i, line) in input.lines().enumerate() {
@@ -475,7 +475,7 @@ where
     while let Some(page) = pages.next(from).await? {
         let mut batch = numbered(page);
         summary.lines += batch.len() as u64;
-        let txn = to.begin().await?;
+        let txn = crate::connection::begin_writing(to, None).await?;
         write_batch(&txn, &mut batch, overwrite, &mut summary).await?;
         txn.commit().await?;
     }

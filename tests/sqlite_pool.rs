@@ -1,0 +1,120 @@
+//! A SQLite file as the recommended settings open it
+//! (`service::connection::connect_options`): two connections, so reads go
+//! on beside a writer, and write transactions that take SQLite's write lock
+//! when they begin (`begin_writing`), so that reading first cannot make
+//! their first write fail.
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::sqlx::sqlite::SqliteConnectOptions;
+use sea_orm::sqlx::{Connection, SqliteConnection};
+use sea_orm::{ConnectionTrait, TransactionTrait};
+use serde_json::json;
+use service::connection::begin_writing;
+use service::{Actor, Binding, Event, IdentityColumns, Scope, StateContext, StateStore};
+use testkit::{Backend, TestDb};
+
+fn context() -> StateContext {
+    let event = Event {
+        bot_id: Some("bot-1".into()),
+        conversation_id: Some("c-1".into()),
+        actor: Some(Actor {
+            actor_type: Some("user".into()),
+            actor_id: Some("u-1".into()),
+        }),
+        ..Event::default()
+    };
+    StateContext::new(IdentityColumns::from_event(
+        "plugin:langbot/local-agent/default",
+        &Binding::default(),
+        &event,
+    ))
+}
+
+async fn migrated(hint: &str) -> TestDb {
+    let t = TestDb::create(Backend::Sqlite, hint, None).await;
+    Migrator::up(&t.db, None).await.unwrap();
+    t
+}
+
+/// A second connection to the same file that never waits for a lock: it
+/// tells at once whether someone holds SQLite's write lock.
+async fn impatient(t: &TestDb) -> SqliteConnection {
+    let options: SqliteConnectOptions = t.url.parse().unwrap();
+    SqliteConnection::connect_with(&options.busy_timeout(std::time::Duration::ZERO))
+        .await
+        .unwrap()
+}
+
+/// Whether the write lock is free: `BEGIN IMMEDIATE` takes it or fails
+/// with SQLITE_BUSY (5) at once.
+async fn write_lock_is_free(conn: &mut SqliteConnection) -> bool {
+    match sea_orm::sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await {
+        Ok(_) => {
+            sea_orm::sqlx::raw_sql("ROLLBACK")
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            true
+        }
+        Err(e) => {
+            let code = e.as_database_error().and_then(|d| d.code());
+            assert_eq!(code.as_deref(), Some("5"), "not SQLITE_BUSY: {e}");
+            false
+        }
+    }
+}
+
+#[tokio::test]
+async fn reads_go_on_beside_an_open_write_transaction() {
+    let t = migrated("sqlite_pool_reads").await;
+    let ctx = context();
+    let store = StateStore::new(&t.db);
+    store
+        .set(&ctx, Scope::Actor, "k", &json!("before"))
+        .await
+        .unwrap();
+
+    let txn = begin_writing(&t.db, None).await.unwrap();
+    StateStore::new(&txn)
+        .set(&ctx, Scope::Actor, "k", &json!("after"))
+        .await
+        .unwrap();
+    // The transaction holds one of the pool's connections; a read goes on
+    // the other and sees what is committed.
+    assert_eq!(
+        store.get(&ctx, Scope::Actor, "k").await.unwrap(),
+        Some(json!("before"))
+    );
+    txn.commit().await.unwrap();
+    assert_eq!(
+        store.get(&ctx, Scope::Actor, "k").await.unwrap(),
+        Some(json!("after"))
+    );
+}
+
+#[tokio::test]
+async fn a_write_transaction_holds_the_write_lock_from_its_begin() {
+    let t = migrated("sqlite_pool_lock").await;
+    let mut other = impatient(&t).await;
+    let read = || {
+        sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Sqlite,
+            "SELECT COUNT(*) FROM agent_runner_state",
+        )
+    };
+
+    // A plain (deferred) transaction that has only read holds no write
+    // lock: another connection may write, and then its own first write
+    // would fail.
+    let deferred = t.db.begin().await.unwrap();
+    deferred.query_one_raw(read()).await.unwrap();
+    assert!(write_lock_is_free(&mut other).await);
+    deferred.rollback().await.unwrap();
+
+    // `begin_writing` takes it at once: nobody writes in between.
+    let txn = begin_writing(&t.db, None).await.unwrap();
+    txn.query_one_raw(read()).await.unwrap();
+    assert!(!write_lock_is_free(&mut other).await);
+    txn.commit().await.unwrap();
+    assert!(write_lock_is_free(&mut other).await);
+}
