@@ -10,6 +10,8 @@
 //!   thread): one connection per task;
 //! * `sqlx_pool`: the same SQL through the sqlx pool under SeaORM, so that
 //!   the pool's own cost shows apart from the ORM's;
+//! * `store_one_connection` (SQLite only): the store on a pool of one
+//!   connection, SeaORM's default for SQLite, beside the recommended two;
 //! * `rusqlite_thread` (SQLite only): rusqlite on a dedicated thread per
 //!   connection, one message per statement: what a rusqlite-backed store
 //!   would cost;
@@ -141,6 +143,9 @@ enum Driver {
     /// statement sent to it and its rows sent back in one message: what a
     /// rusqlite-backed store would cost (issue 19's evaluation).
     RusqliteThread,
+    /// SQLite only: the store on a pool of one connection (SeaORM's
+    /// default), to weigh the recommended pool of two in the same run.
+    StoreOneConnection,
 }
 
 impl Driver {
@@ -148,6 +153,7 @@ impl Driver {
         let mut all = vec![Self::Store, Self::Fastest, Self::SqlxPool];
         if backend == DbBackend::Sqlite {
             all.push(Self::RusqliteThread);
+            all.push(Self::StoreOneConnection);
         }
         all
     }
@@ -158,6 +164,7 @@ impl Driver {
             Self::Fastest => "fastest",
             Self::SqlxPool => "sqlx_pool",
             Self::RusqliteThread => "rusqlite_thread",
+            Self::StoreOneConnection => "store_one_connection",
         }
     }
 }
@@ -664,6 +671,8 @@ struct Bench {
     backend: DbBackend,
     /// A pool per node (one unless a cluster was given).
     pools: Vec<Arc<DatabaseConnection>>,
+    /// SQLite: a pool of one connection to the same file.
+    one_connection: Option<Arc<DatabaseConnection>>,
     /// The test database's URL on each node.
     urls: Vec<String>,
     pooled: bool,
@@ -683,6 +692,12 @@ impl Bench {
         match (driver, self.backend) {
             (Driver::Store, _) => Worker::Store(self.pools[node].clone(), self.pooled),
             (Driver::SqlxPool, _) => Worker::SqlxPool(self.pools[node].clone(), self.pooled),
+            (Driver::StoreOneConnection, _) => Worker::Store(
+                self.one_connection
+                    .clone()
+                    .expect("SQLite has a one-connection pool"),
+                self.pooled,
+            ),
             (Driver::Fastest, DbBackend::Postgres) => {
                 Worker::Postgres(PgWorker::connect(&self.urls[node], self.pooled).await)
             }
@@ -840,9 +855,18 @@ async fn main() {
         Migrator::up(&*db, None).await.unwrap();
     }
     let db_backend = db.get_database_backend();
+    let one_connection = match db_backend {
+        DbBackend::Sqlite => {
+            let mut options = service::connection::connect_options(&urls[0]).unwrap();
+            options.max_connections(1).min_connections(1);
+            Some(Arc::new(sea_orm::Database::connect(options).await.unwrap()))
+        }
+        _ => None,
+    };
     let bench = Bench {
         backend: db_backend,
         pools,
+        one_connection,
         urls,
         pooled,
         sql: Arc::new(sql::Sql::new(
@@ -983,6 +1007,9 @@ async fn main() {
     let rusqlite_thread = figures
         .contains_key(&Driver::RusqliteThread)
         .then(|| medians(Driver::RusqliteThread));
+    let store_one_connection = figures
+        .contains_key(&Driver::StoreOneConnection)
+        .then(|| medians(Driver::StoreOneConnection));
     let ratio = |to: &BTreeMap<String, f64>| -> BTreeMap<String, f64> {
         store
             .iter()
@@ -1012,6 +1039,7 @@ async fn main() {
             "sqlx_pool_ops_per_s": pool,
             "ratio_to_sqlx_pool": ratio(&pool),
             "rusqlite_thread_ops_per_s": rusqlite_thread,
+            "store_one_connection_ops_per_s": store_one_connection,
             "e_errors": e_errors,
             "e_final_rows": e_rows,
             "langbot_ref": args.langbot.as_ref().map(|_| &args.langbot_ref),
