@@ -48,7 +48,10 @@ async fn impatient(t: &TestDb) -> SqliteConnection {
 /// Whether the write lock is free: `BEGIN IMMEDIATE` takes it or fails
 /// with SQLITE_BUSY (5) at once.
 async fn write_lock_is_free(conn: &mut SqliteConnection) -> bool {
-    match sea_orm::sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await {
+    match sea_orm::sqlx::raw_sql("BEGIN IMMEDIATE")
+        .execute(&mut *conn)
+        .await
+    {
         Ok(_) => {
             sea_orm::sqlx::raw_sql("ROLLBACK")
                 .execute(&mut *conn)

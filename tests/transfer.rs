@@ -197,6 +197,15 @@ async fn import_is_exact_idempotent_and_all_or_nothing(t: TestDb) {
         ),
         (
             {
+                // Under the limit in characters, over it in bytes.
+                let mut r = rows[0].clone();
+                r["value_json"] = json!(json!("é".repeat(131_072)).to_string());
+                r
+            },
+            "value is 262146 bytes as JSON, over the limit of 262144 bytes",
+        ),
+        (
+            {
                 let mut r = rows[0].clone();
                 r["created_at"] = json!("yesterday");
                 r

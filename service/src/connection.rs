@@ -547,6 +547,10 @@ mod tests {
         }
         // Servers: a spare, up to sqlx's default.
         assert_eq!(pool("postgres://db/app"), (Some(2), None));
-        assert!(!DbUrl::parse("postgres://db/app?mode=memory").unwrap().sqlite_in_memory());
+        assert!(
+            !DbUrl::parse("postgres://db/app?mode=memory")
+                .unwrap()
+                .sqlite_in_memory()
+        );
     }
 }

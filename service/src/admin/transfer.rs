@@ -173,7 +173,14 @@ fn to_model(line: Line) -> Result<Model, LineError> {
     validate_text("scope_key", &line.scope_key, max_chars(Column::ScopeKey))?;
     validate_text("state_key", &line.state_key, max_chars(Column::StateKey))?;
     if let Some(value_json) = &line.value_json {
-        validate_text("value_json", value_json, MAX_VALUE_BYTES)?;
+        // The store's limit, in bytes of UTF-8 (not characters).
+        validate_text("value_json", value_json, usize::MAX)?;
+        if value_json.len() > MAX_VALUE_BYTES {
+            return Err(LineError::Column(crate::StateError::ValueTooLarge {
+                size: value_json.len(),
+                limit: MAX_VALUE_BYTES,
+            }));
+        }
     }
     Ok(Model {
         id: 0,
