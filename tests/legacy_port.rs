@@ -5,6 +5,7 @@
 use migration::pipeline_rewrite::{Overlap, restore_all};
 use migration::port::{BACKUP_TABLE, port_all};
 use migration::{Migrator, MigratorTrait, catalog};
+use sea_orm::ConnectionTrait;
 use serde_json::Value;
 use service::legacy::{Ported, port_config};
 use testkit::{Backend, TestDb, committed_rows, kill_four_times, on_every_backend, read_vectors};
@@ -77,7 +78,7 @@ async fn vectors_port_and_restore(t: TestDb) {
     assert_eq!(kept.len(), changed, "one kept original per changed row");
 
     // A second pass changes nothing and reports the same bad shapes.
-    let again = port_all(&t.db, 50, Overlap::Pipelined).await.unwrap();
+    let again = port_all(&t.db, 50, Overlap::on_pool(&t.db)).await.unwrap();
     assert_eq!((again.changed, again.reported), (0, unportable as u64));
     assert_eq!(t.pipeline_configs().await, after);
 
@@ -91,7 +92,7 @@ async fn vectors_port_and_restore(t: TestDb) {
 }
 
 async fn no_pipelines_table_is_a_no_op(t: TestDb) {
-    let summary = port_all(&t.db, 10, Overlap::Serial).await.unwrap();
+    let summary = port_all(&t.db, 10, Overlap::SERIAL).await.unwrap();
     assert_eq!(summary.scanned, 0);
     assert!(!catalog::table_exists(&t.db, BACKUP_TABLE).await.unwrap());
 }
@@ -148,7 +149,7 @@ async fn every_row_once_at_any_batch_size(t: TestDb) {
         .count() as u64;
     assert!(changed > 0 && changed < rows.len() as u64);
     for batch_size in [1, 4, 22, 23, 24] {
-        for overlap in [Overlap::Serial, Overlap::Pipelined] {
+        for overlap in [Overlap::SERIAL, Overlap::on_pool(&t.db)] {
             let summary = port_all(&t.db, batch_size, overlap).await.unwrap();
             assert_eq!(
                 (summary.scanned, summary.changed),
@@ -166,10 +167,80 @@ async fn every_row_once_at_any_batch_size(t: TestDb) {
         return;
     }
     let txn = t.db.begin().await.unwrap();
-    let summary = port_all(&txn, 5, Overlap::Serial).await.unwrap();
+    let summary = port_all(&txn, 5, Overlap::SERIAL).await.unwrap();
     txn.commit().await.unwrap();
     assert_eq!(summary.changed, changed);
     assert_eq!(parsed(t.pipeline_configs().await), expected);
+}
+
+/// A batch whose write loses a conflict (a deadlock, injected once by a
+/// trigger on the second update) is rolled back and redone over its own
+/// rows while the next batch is in flight: every row is counted once, and
+/// the table and the kept originals are an uninterrupted run's.
+async fn a_batch_that_loses_a_conflict_is_redone(t: TestDb) {
+    t.create_langbot_schema().await;
+    match t.backend {
+        Backend::Postgres => {
+            t.exec("CREATE SEQUENCE updates_seen").await;
+            t.exec(
+                "CREATE FUNCTION lose_once() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+                 IF nextval('updates_seen') = 2 THEN \
+                 RAISE EXCEPTION 'injected deadlock' USING ERRCODE = '40P01'; END IF; \
+                 RETURN NULL; END $$",
+            )
+            .await;
+            t.exec(
+                "CREATE TRIGGER lose_once BEFORE UPDATE ON legacy_pipelines \
+                 FOR EACH STATEMENT EXECUTE FUNCTION lose_once()",
+            )
+            .await;
+        }
+        Backend::MySql => {
+            // A sequence: its numbers are not rolled back with the batch.
+            t.exec("CREATE SEQUENCE updates_seen").await;
+            t.exec(
+                "CREATE TRIGGER lose_once BEFORE UPDATE ON legacy_pipelines FOR EACH ROW \
+                 BEGIN IF NEXTVAL(updates_seen) = 2 THEN \
+                 SIGNAL SQLSTATE '40001' SET MYSQL_ERRNO = 1213, MESSAGE_TEXT = 'injected deadlock'; \
+                 END IF; END",
+            )
+            .await;
+        }
+        Backend::Sqlite => unreachable!("run on the servers only"),
+    }
+    let rows = many_rows(23);
+    t.insert_pipelines(&rows).await;
+    let expected = expected_after_port(&rows);
+    let changed = expected
+        .iter()
+        .zip(&rows)
+        .filter(|((_, after), (_, text))| {
+            serde_json::from_str::<Value>(text).ok().as_ref() != Some(after)
+        })
+        .count() as u64;
+    let summary = port_all(&t.db, 4, Overlap::on_pool(&t.db)).await.unwrap();
+    assert_eq!(
+        (summary.scanned, summary.changed),
+        (rows.len() as u64, changed)
+    );
+    assert_eq!(parsed(t.pipeline_configs().await), expected);
+    assert_eq!(committed_rows(&t.db, BACKUP_TABLE).await, changed);
+    // The conflict did happen: the update that lost was not the last.
+    let next = match t.backend {
+        Backend::Postgres => "SELECT nextval('updates_seen')",
+        _ => "SELECT NEXTVAL(updates_seen)",
+    };
+    let next =
+        t.db.query_one_raw(sea_orm::Statement::from_string(
+            t.db.get_database_backend(),
+            next,
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get_by_index::<i64>(0)
+        .unwrap();
+    assert!(next > 3, "the injected conflict never fired: {next}");
 }
 
 /// The port's name: the kill tests apply it, and only it, by name.
@@ -218,6 +289,26 @@ async fn killed_and_rerun(t: TestDb) {
         rows,
         "down must restore every original"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_loses_a_conflict_is_redone_postgres() {
+    testkit::run_on(
+        Backend::Postgres,
+        "conflict_redone",
+        a_batch_that_loses_a_conflict_is_redone,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_loses_a_conflict_is_redone_mysql() {
+    testkit::run_on(
+        Backend::MySql,
+        "conflict_redone",
+        a_batch_that_loses_a_conflict_is_redone,
+    )
+    .await;
 }
 
 on_every_backend!(

@@ -131,10 +131,13 @@ pub struct LockRow {
 
 /// The file of a SQLite URL; `None` for other backends and in-memory ones.
 pub fn sqlite_file(url: &str) -> Option<PathBuf> {
+    if DbUrl::parse(url).is_ok_and(|u| u.sqlite_in_memory()) {
+        return None;
+    }
     let rest = url.strip_prefix("sqlite:")?;
     let rest = rest.strip_prefix("//").unwrap_or(rest);
     let path = rest.split('?').next().unwrap_or_default();
-    if path.is_empty() || path.contains(":memory:") || path == "memory" {
+    if path.is_empty() || path == "memory" {
         return None;
     }
     Some(PathBuf::from(path))
@@ -665,5 +668,21 @@ mod tests {
         let id = holder_id();
         assert!(id.len() < 255);
         assert!(!id.contains('\''), "{id}");
+    }
+
+    #[test]
+    fn in_memory_databases_have_no_file() {
+        for url in [
+            "sqlite::memory:",
+            "sqlite://?mode=memory",
+            "sqlite:file:x?mode=memory&cache=shared",
+        ] {
+            assert_eq!(sqlite_file(url), None, "{url}");
+        }
+        assert_eq!(
+            sqlite_file("sqlite://state.db?mode=rwc"),
+            Some(PathBuf::from("state.db"))
+        );
+        assert_eq!(sqlite_file("postgres://db/app"), None);
     }
 }

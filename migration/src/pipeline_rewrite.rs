@@ -3,10 +3,9 @@
 //! (the legacy runner port, the runner id rename), each with its own
 //! transform and its own backup table.
 //!
-//! * Rows are walked in primary-key order, a batch at a time (ranges of
-//!   `uuid` whose ends are found by index scans), so memory stays flat
-//!   whatever the row count. On a server's pool, two batches run at once
-//!   ([`Overlap`]).
+//! * Rows are walked in primary-key order, a batch at a time (each past the
+//!   last `uuid` of the one before), so memory stays flat whatever the row
+//!   count. On a server's pool, two batches run at once ([`Overlap`]).
 //! * Each batch is one transaction: its rows are locked, transformed, written
 //!   back (only those that change), and their original config text is kept
 //!   in the backup table, all committed together. A run killed at any point
@@ -26,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{
-    ConnectionTrait, DatabaseExecutor, DatabaseTransaction, DbBackend, IsolationLevel, Statement,
-    TransactionSession, TransactionTrait,
+    ConnectionTrait, DatabaseConnection, DatabaseExecutor, DatabaseTransaction, DbBackend,
+    IsolationLevel, Statement, TransactionSession, TransactionTrait,
 };
 use serde_json::Value;
 
@@ -215,33 +214,52 @@ async fn create_backup_table<C: ConnectionTrait>(db: &C, table: &str) -> Result<
     db.execute(&create).await.map(|_| ())
 }
 
-/// How many batches of a rewrite run at once.
+/// How many batches of a rewrite run at once: one, or on a pool of a
+/// server two, each in its own transaction on its own connection, so that
+/// one batch's rows are read and locked while the one before it is written
+/// and the server works on both while the client transforms. Made from the
+/// connection, so that two are never asked of a transaction (whose nested
+/// transactions would share one connection). SQLite, one writer at a time,
+/// always runs one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Overlap {
-    /// One batch at a time: the only way inside a caller's transaction,
-    /// whose nested transactions share one connection.
-    Serial,
-    /// On a pool of a server, two batches at once, each in its own
-    /// transaction on its own connection: one batch's rows are read and
-    /// locked while the one before it is written, so the server works on
-    /// both while the client transforms. SQLite, one writer at a time,
-    /// still runs them one at a time.
-    Pipelined,
+pub struct Overlap {
+    pipelined: bool,
 }
 
 impl Overlap {
-    /// [`Pipelined`](Self::Pipelined) on a pool, [`Serial`](Self::Serial) in
-    /// a transaction.
+    /// One batch at a time.
+    pub const SERIAL: Self = Self { pipelined: false };
+
+    /// Two batches at once on `pool` if it may open two connections (as
+    /// `batch_connect_options` does), else one.
+    pub fn on_pool(pool: &DatabaseConnection) -> Self {
+        let connections = match pool.get_database_backend() {
+            DbBackend::Postgres => pool
+                .get_postgres_connection_pool()
+                .options()
+                .get_max_connections(),
+            DbBackend::MySql => pool
+                .get_mysql_connection_pool()
+                .options()
+                .get_max_connections(),
+            _ => 1,
+        };
+        Self {
+            pipelined: connections >= 2,
+        }
+    }
+
+    /// Two at once on a pool, one in a transaction.
     pub fn of(db: &DatabaseExecutor<'_>) -> Self {
         match db {
-            DatabaseExecutor::Connection(_) => Self::Pipelined,
-            _ => Self::Serial,
+            DatabaseExecutor::Connection(pool) => Self::on_pool(pool),
+            _ => Self::SERIAL,
         }
     }
 
     fn batches_in_flight(self, backend: DbBackend) -> usize {
-        match (self, backend) {
-            (Self::Pipelined, DbBackend::Postgres | DbBackend::MySql) => 2,
+        match backend {
+            DbBackend::Postgres | DbBackend::MySql if self.pipelined => 2,
             _ => 1,
         }
     }
@@ -268,7 +286,8 @@ struct Opened<T> {
 /// Rewrites every row; see the module docs.
 ///
 /// # Errors
-/// A database error; the batches committed before it stay.
+/// A database error; the batches committed before it stay (with two at
+/// once, the one after it may have committed too).
 pub async fn rewrite_all<C>(
     db: &C,
     rewrite: &Rewrite,
@@ -288,9 +307,11 @@ where
     create_backup_table(db, rewrite.backup_table).await?;
     let target = Target::detect(db).await?;
     let total = count(db, PIPELINES_TABLE).await?;
-    let started = Instant::now();
-    let mut last_progress = started;
-    let in_flight = overlap.batches_in_flight(target.backend);
+    let mut in_flight = overlap.batches_in_flight(target.backend);
+    if in_flight > 1 && target.backend == DbBackend::MySql && statement_binlog(db).await? {
+        // Such a server refuses writes at read committed (error 1665).
+        in_flight = 1;
+    }
     // Batches at once on MySQL read committed: its repeatable read would
     // also lock the gaps around each batch's rows, so that they would wait
     // on each other; the rows themselves are locked either way. (Inside a
@@ -302,55 +323,39 @@ where
     // one before, while up to `in_flight` opened ones are transformed and
     // written; they finish in order. On an error the others are dropped,
     // their transactions rolled back.
+    let mut progress = Progress {
+        label,
+        total,
+        started: Instant::now(),
+        logged: Instant::now(),
+    };
     // Where the next batch starts (`None`: no rows are left).
     let mut next: Option<Option<String>> = Some(None);
     let mut finishing = futures_util::stream::FuturesOrdered::new();
     loop {
-        let done = if finishing.len() < in_flight
-            && let Some(after) = next.take()
-        {
-            let open = open_next(db, target, after, batch_size, isolation);
-            let mut open = std::pin::pin!(open);
-            let finished = tokio::select! {
-                opened = &mut open => {
-                    if let Some(batch) = opened? {
-                        next = Some(batch.range.until.clone());
-                        finishing.push_back(rewrite_opened(db, rewrite, target, batch, isolation));
-                    }
-                    None
-                }
-                Some(done) = finishing.next(), if !finishing.is_empty() => Some(done?),
-            };
-            // A batch finished first, so that (two at once) none is left to
-            // drive while the next one opens.
-            let Some(done) = finished else { continue };
-            if let Some(batch) = open.await? {
-                next = Some(batch.range.until.clone());
-                finishing.push_back(rewrite_opened(db, rewrite, target, batch, isolation));
-            }
-            done
-        } else {
+        let Some(after) = next.take_if(|_| finishing.len() < in_flight) else {
             match finishing.next().await {
-                Some(done) => done?,
+                Some(done) => progress.add(&mut summary, done?),
                 None => break,
             }
+            continue;
         };
-        summary += done;
-        if last_progress.elapsed() >= PROGRESS_EVERY {
-            last_progress = Instant::now();
-            let rate = summary.scanned as f64 / started.elapsed().as_secs_f64();
-            tracing::info!(
-                migration = label,
-                rows_done = summary.scanned,
-                rows_total = total,
-                rows_per_s = rate.round(),
-                rows_changed = summary.changed,
-                "{label}: {}/{total} rows ({rate:.0} rows/s), {} changed",
-                summary.scanned,
-                summary.changed
-            );
+        // The batches in flight go on while the next one opens.
+        let mut open = std::pin::pin!(open_next(db, rewrite, target, after, batch_size, isolation));
+        let opened = loop {
+            tokio::select! {
+                opened = &mut open => break opened?,
+                Some(done) = finishing.next(), if !finishing.is_empty() => {
+                    progress.add(&mut summary, done?);
+                }
+            }
+        };
+        if let Some(batch) = opened {
+            next = Some(batch.range.until.clone());
+            finishing.push_back(rewrite_opened(db, rewrite, target, batch, isolation));
         }
     }
+    let started = progress.started;
     tracing::info!(
         migration = label,
         rows_done = summary.scanned,
@@ -368,9 +373,12 @@ where
 }
 
 /// The batch of up to `batch_size` rows past `after`, opened; `None` when
-/// no rows are left.
+/// no rows are left. Opening it again after a transient error (a lock wait
+/// timeout behind LangBot's edit of a pipeline, SQLite busy) is safe:
+/// nothing is written yet.
 async fn open_next<C>(
     db: &C,
+    rewrite: &Rewrite,
     target: &Target,
     after: Option<String>,
     batch_size: u64,
@@ -379,13 +387,69 @@ async fn open_next<C>(
 where
     C: ConnectionTrait + TransactionTrait<Transaction = DatabaseTransaction>,
 {
-    let range = Range { after, until: None };
-    let batch = open_batch(db, target, range, Some(batch_size), isolation).await?;
-    if batch.configs.is_empty() {
-        batch.txn.commit().await?;
-        return Ok(None);
+    let mut attempt = 0;
+    loop {
+        let range = Range {
+            after: after.clone(),
+            until: None,
+        };
+        match open_batch(db, target, range, Some(batch_size), isolation).await {
+            Err(e) if attempt < service::retry::MAX_RETRIES && service::retry::is_transient(&e) => {
+                attempt += 1;
+                tracing::warn!(attempt, error = %e, "{}: reading a batch hit a lock conflict; retrying it", rewrite.label);
+                tokio::time::sleep(service::retry::backoff(attempt)).await;
+            }
+            Err(e) => return Err(e),
+            Ok(batch) if batch.configs.is_empty() => {
+                batch.txn.commit().await?;
+                return Ok(None);
+            }
+            Ok(batch) => return Ok(Some(batch)),
+        }
     }
-    Ok(Some(batch))
+}
+
+/// Whether a MySQL server writes its binary log by statement, which it
+/// refuses to do for transactions at read committed.
+async fn statement_binlog<C: ConnectionTrait>(db: &C) -> Result<bool, DbErr> {
+    let row = db
+        .query_one_raw(Statement::from_string(
+            DbBackend::MySql,
+            "SELECT CAST(@@log_bin = 1 AND @@binlog_format = 'STATEMENT' AS SIGNED)",
+        ))
+        .await?;
+    Ok(row.map_or(Ok(0), |r| r.try_get_by_index::<i64>(0))? == 1)
+}
+
+/// Progress lines of a long rewrite, every [`PROGRESS_EVERY`].
+struct Progress {
+    label: &'static str,
+    total: u64,
+    started: Instant,
+    logged: Instant,
+}
+
+impl Progress {
+    /// Counts a finished batch into `summary`, and says how far it is.
+    fn add(&mut self, summary: &mut RewriteSummary, batch: RewriteSummary) {
+        *summary += batch;
+        if self.logged.elapsed() < PROGRESS_EVERY {
+            return;
+        }
+        self.logged = Instant::now();
+        let (label, total) = (self.label, self.total);
+        let rate = summary.scanned as f64 / self.started.elapsed().as_secs_f64();
+        tracing::info!(
+            migration = label,
+            rows_done = summary.scanned,
+            rows_total = total,
+            rows_per_s = rate.round(),
+            rows_changed = summary.changed,
+            "{label}: {}/{total} rows ({rate:.0} rows/s), {} changed",
+            summary.scanned,
+            summary.changed
+        );
+    }
 }
 
 /// Begins a batch's transaction and reads its rows, locked: those of

@@ -177,16 +177,25 @@ impl DbUrl {
     /// Whether it names an in-memory SQLite database (`sqlite::memory:`,
     /// `mode=memory`), which lives only as long as its connections.
     pub fn sqlite_in_memory(&self) -> bool {
-        if self.backend != DbBackend::Sqlite {
-            return false;
-        }
-        let (path, query) = self
-            .driver_url
-            .split_once('?')
-            .unwrap_or((&self.driver_url, ""));
-        path.ends_with(":memory:")
-            || url::form_urlencoded::parse(query.as_bytes())
-                .any(|(key, value)| key == "mode" && value == "memory")
+        self.backend == DbBackend::Sqlite
+            && (self.sqlite_path().ends_with(":memory:") || self.sqlite_param("mode", "memory"))
+    }
+
+    /// Whether its SQLite connections share one cache (in memory, or
+    /// `cache=shared`): they then lock tables against each other, and no
+    /// busy timeout waits for those locks.
+    pub fn sqlite_shared_cache(&self) -> bool {
+        self.sqlite_in_memory()
+            || (self.backend == DbBackend::Sqlite && self.sqlite_param("cache", "shared"))
+    }
+
+    fn sqlite_path(&self) -> &str {
+        self.driver_url.split('?').next().unwrap_or_default()
+    }
+
+    fn sqlite_param(&self, key: &str, value: &str) -> bool {
+        let query = self.driver_url.split_once('?').map_or("", |(_, q)| q);
+        url::form_urlencoded::parse(query.as_bytes()).any(|(k, v)| k == key && v == value)
     }
 
     /// The URL without its password, for messages.
@@ -230,8 +239,9 @@ pub const MIN_CONNECTIONS: u32 = 2;
 ///   anyway. A transaction of the caller's that reads and then writes
 ///   should begin with [`begin_writing`], or its first write can fail
 ///   (`SQLITE_BUSY_SNAPSHOT`) when the other connection wrote meanwhile;
-///   an in-memory database keeps SeaORM's one connection (its connections
-///   would share one cache, whose table locks no busy timeout waits for);
+///   an in-memory database, or a shared cache, keeps SeaORM's one
+///   connection (its connections would lock tables against each other,
+///   and no busy timeout waits for those locks);
 /// * SQLite files in WAL mode with a busy timeout (several processes share
 ///   them); no per-statement logging;
 /// * behind a transaction pooler, no statement cache (a cached statement
@@ -254,7 +264,7 @@ pub fn connect_options(url: &str) -> Result<ConnectOptions, ConnectError> {
                 .foreign_keys(true)
         });
     match url.backend() {
-        DbBackend::Sqlite if url.sqlite_in_memory() => {}
+        DbBackend::Sqlite if url.sqlite_shared_cache() => {}
         DbBackend::Sqlite => {
             opts.max_connections(MIN_CONNECTIONS)
                 .min_connections(MIN_CONNECTIONS);
@@ -545,6 +555,10 @@ mod tests {
             assert!(DbUrl::parse(url).unwrap().sqlite_in_memory(), "{url}");
             assert_eq!(pool(url), (None, None), "{url}");
         }
+        // A file with a shared cache: one too.
+        let shared = "sqlite://state.db?mode=rwc&cache=shared";
+        assert!(!DbUrl::parse(shared).unwrap().sqlite_in_memory());
+        assert_eq!(pool(shared), (None, None));
         // Servers: a spare, up to sqlx's default.
         assert_eq!(pool("postgres://db/app"), (Some(2), None));
         assert!(

@@ -243,7 +243,12 @@ where
     if !filter.names_whose_rows() {
         return Err(AdminError::PurgeUnfiltered);
     }
-    let txn = crate::connection::begin_writing(db, None).await?;
+    // A dry run only reads: it must not take SQLite's write lock.
+    let txn = if delete {
+        crate::connection::begin_writing(db, None).await?
+    } else {
+        db.begin().await?
+    };
     let groups: Vec<(String, String, i64)> = filter
         .select()
         .select_only()

@@ -174,7 +174,11 @@ fn to_model(line: Line) -> Result<Model, LineError> {
     validate_text("state_key", &line.state_key, max_chars(Column::StateKey))?;
     if let Some(value_json) = &line.value_json {
         // The store's limit, in bytes of UTF-8 (not characters).
-        validate_text("value_json", value_json, usize::MAX)?;
+        if value_json.contains('\0') {
+            return Err(LineError::Column(crate::StateError::NulCharacter {
+                field: "value_json",
+            }));
+        }
         if value_json.len() > MAX_VALUE_BYTES {
             return Err(LineError::Column(crate::StateError::ValueTooLarge {
                 size: value_json.len(),
@@ -371,7 +375,9 @@ where
     C: ConnectionTrait + TransactionTrait,
 {
     require_migrated(db).await?;
-    let txn = crate::connection::begin_writing(db, None).await?;
+    // Begun at the first write, not before the input is read: on SQLite it
+    // holds the write lock from then on.
+    let mut txn = None;
     let mut summary = ImportSummary::default();
     let mut batch = Vec::with_capacity(BATCH);
     for (i, line) in input.lines().enumerate() {
@@ -391,9 +397,17 @@ where
         })?;
         batch.push((line_no, model));
         if batch.len() == BATCH {
-            write_batch(&txn, &mut batch, overwrite, &mut summary).await?;
+            if txn.is_none() {
+                txn = Some(crate::connection::begin_writing(db, None).await?);
+            }
+            let txn = txn.as_ref().expect("begun above");
+            write_batch(txn, &mut batch, overwrite, &mut summary).await?;
         }
     }
+    let txn = match txn {
+        Some(txn) => txn,
+        None => crate::connection::begin_writing(db, None).await?,
+    };
     write_batch(&txn, &mut batch, overwrite, &mut summary).await?;
     txn.commit().await?;
     Ok(summary)
