@@ -5,7 +5,7 @@ use std::process::{Command, Output};
 
 use migration::{Migrator, MigratorTrait};
 use serde_json::{Value, json};
-use service::{Actor, Binding, Event, IdentityColumns, Scope, StateContext, StateStore};
+use service::{Scope, StateContext, StateStore};
 use testkit::{TestDb, admin_bin, on_every_topology};
 
 const RUNNER: &str = "plugin:langbot/local-agent/default";
@@ -29,20 +29,7 @@ fn ok(out: Output) -> String {
 }
 
 fn ctx(runner: &str, conversation: &str, actor: &str) -> StateContext {
-    let event = Event {
-        bot_id: Some("bot-1".into()),
-        conversation_id: Some(conversation.into()),
-        actor: Some(Actor {
-            actor_type: Some("user".into()),
-            actor_id: Some(actor.into()),
-        }),
-        ..Event::default()
-    };
-    let binding = Binding {
-        binding_id: Some("pipeline-1".into()),
-        ..Binding::default()
-    };
-    StateContext::new(IdentityColumns::from_event(runner, &binding, &event))
+    testkit::user_context(runner, conversation, actor)
 }
 
 /// Bob, bob and "Bob " in their own conversations, another runner, and one

@@ -12,30 +12,11 @@
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
 use serde_json::json;
-use service::{
-    Actor, Binding, Event, IdentityColumns, Scope, StateContext, StatePolicy, StateStore,
-};
+use service::{Scope, StateContext, StatePolicy, StateStore};
 use testkit::{TestDb, on_every_server_topology};
 
 fn ctx(actor: &str) -> StateContext {
-    let event = Event {
-        bot_id: Some("bot-1".into()),
-        conversation_id: Some("c-1".into()),
-        actor: Some(Actor {
-            actor_type: Some("user".into()),
-            actor_id: Some(actor.into()),
-        }),
-        ..Event::default()
-    };
-    let binding = Binding {
-        binding_id: Some("pipeline-1".into()),
-        ..Binding::default()
-    };
-    StateContext::new(IdentityColumns::from_event(
-        "plugin:langbot/local-agent/default",
-        &binding,
-        &event,
-    ))
+    testkit::user_context("plugin:langbot/local-agent/default", "c-1", actor)
 }
 
 /// Client sessions on the test's database other than the asking one.

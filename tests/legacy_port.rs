@@ -122,6 +122,17 @@ fn expected_after_port(rows: &[(String, String)]) -> Vec<(String, Value)> {
         .collect()
 }
 
+/// How many of `rows` an uninterrupted port changes into `expected`.
+fn changed_by_port(rows: &[(String, String)], expected: &[(String, Value)]) -> u64 {
+    expected
+        .iter()
+        .zip(rows)
+        .filter(|((_, after), (_, text))| {
+            serde_json::from_str::<Value>(text).ok().as_ref() != Some(after)
+        })
+        .count() as u64
+}
+
 fn parsed(rows: Vec<(String, String)>) -> Vec<(String, Value)> {
     rows.into_iter()
         .map(|(uuid, text)| {
@@ -131,22 +142,16 @@ fn parsed(rows: Vec<(String, String)>) -> Vec<(String, Value)> {
         .collect()
 }
 
-/// Ranges of any size, one batch at a time or two at once, and inside a
-/// caller's transaction where there is one: every row is read once, and the table ends as an
-/// uninterrupted run of the pure function leaves it.
+/// Batches of any size, one at a time or two at once, and inside a
+/// caller's transaction where there is one: every row is read once, and the
+/// table ends as an uninterrupted run of the pure function leaves it.
 async fn every_row_once_at_any_batch_size(t: TestDb) {
     use sea_orm::TransactionTrait;
     t.create_langbot_schema().await;
     let rows = many_rows(23);
     t.insert_pipelines(&rows).await;
     let expected = expected_after_port(&rows);
-    let changed = expected
-        .iter()
-        .zip(&rows)
-        .filter(|((_, after), (_, text))| {
-            serde_json::from_str::<Value>(text).ok().as_ref() != Some(after)
-        })
-        .count() as u64;
+    let changed = changed_by_port(&rows, &expected);
     assert!(changed > 0 && changed < rows.len() as u64);
     for batch_size in [1, 4, 22, 23, 24] {
         for overlap in [Overlap::SERIAL, Overlap::on_pool(&t.db)] {
@@ -211,13 +216,7 @@ async fn a_batch_that_loses_a_conflict_is_redone(t: TestDb) {
     let rows = many_rows(23);
     t.insert_pipelines(&rows).await;
     let expected = expected_after_port(&rows);
-    let changed = expected
-        .iter()
-        .zip(&rows)
-        .filter(|((_, after), (_, text))| {
-            serde_json::from_str::<Value>(text).ok().as_ref() != Some(after)
-        })
-        .count() as u64;
+    let changed = changed_by_port(&rows, &expected);
     let summary = port_all(&t.db, 4, Overlap::on_pool(&t.db)).await.unwrap();
     assert_eq!(
         (summary.scanned, summary.changed),
@@ -254,13 +253,7 @@ async fn killed_and_rerun(t: TestDb) {
     let rows = many_rows(20_000);
     t.insert_pipelines(&rows).await;
     let expected = expected_after_port(&rows);
-    let changed = expected
-        .iter()
-        .zip(&rows)
-        .filter(|((_, after), (_, text))| {
-            serde_json::from_str::<Value>(text).ok().as_ref() != Some(after)
-        })
-        .count() as u64;
+    let changed = changed_by_port(&rows, &expected);
     // The schema first; the killed runs apply the port alone, by name.
     Migrator::up(&t.db, Some(1)).await.unwrap();
     let spawn = |args: &[&str]| t.spawn_migration(200, args);

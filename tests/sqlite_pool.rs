@@ -10,25 +10,8 @@ use sea_orm::sqlx::{Connection, SqliteConnection};
 use sea_orm::{ConnectionTrait, TransactionTrait};
 use serde_json::json;
 use service::connection::begin_writing;
-use service::{Actor, Binding, Event, IdentityColumns, Scope, StateContext, StateStore};
+use service::{Scope, StateStore};
 use testkit::{Backend, TestDb};
-
-fn context() -> StateContext {
-    let event = Event {
-        bot_id: Some("bot-1".into()),
-        conversation_id: Some("c-1".into()),
-        actor: Some(Actor {
-            actor_type: Some("user".into()),
-            actor_id: Some("u-1".into()),
-        }),
-        ..Event::default()
-    };
-    StateContext::new(IdentityColumns::from_event(
-        "plugin:langbot/local-agent/default",
-        &Binding::default(),
-        &event,
-    ))
-}
 
 async fn migrated(hint: &str) -> TestDb {
     let t = TestDb::create(Backend::Sqlite, hint, None).await;
@@ -70,7 +53,7 @@ async fn write_lock_is_free(conn: &mut SqliteConnection) -> bool {
 #[tokio::test]
 async fn reads_go_on_beside_an_open_write_transaction() {
     let t = migrated("sqlite_pool_reads").await;
-    let ctx = context();
+    let ctx = testkit::user_context("plugin:langbot/local-agent/default", "c-1", "u-1");
     let store = StateStore::new(&t.db);
     store
         .set(&ctx, Scope::Actor, "k", &json!("before"))

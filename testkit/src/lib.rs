@@ -508,6 +508,27 @@ where
     }
 }
 
+/// A user's state context as most scenarios need one: bot `bot-1`,
+/// binding `pipeline-1`, the actor a `user`.
+pub fn user_context(runner: &str, conversation: &str, actor: &str) -> service::StateContext {
+    let event = service::Event {
+        bot_id: Some("bot-1".into()),
+        conversation_id: Some(conversation.into()),
+        actor: Some(service::Actor {
+            actor_type: Some("user".into()),
+            actor_id: Some(actor.into()),
+        }),
+        ..service::Event::default()
+    };
+    let binding = service::Binding {
+        binding_id: Some("pipeline-1".into()),
+        ..service::Binding::default()
+    };
+    service::StateContext::new(service::IdentityColumns::from_event(
+        runner, &binding, &event,
+    ))
+}
+
 /// Expands each `async fn name(db: TestDb)` into a module `name` with one
 /// test per backend: `name::sqlite`, `name::postgres`, `name::mysql`.
 #[macro_export]
