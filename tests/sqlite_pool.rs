@@ -104,3 +104,58 @@ async fn a_write_transaction_holds_the_write_lock_from_its_begin() {
     txn.commit().await.unwrap();
     assert!(write_lock_is_free(&mut other).await);
 }
+
+/// The pragmas a pool's connections run with.
+async fn pragmas(db: &sea_orm::DatabaseConnection, names: &[&str]) -> Vec<String> {
+    let mut values = Vec::new();
+    for name in names {
+        let row = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                db.get_database_backend(),
+                format!("PRAGMA {name}"),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        // Numbers for most pragmas, text for `journal_mode`.
+        let value = row
+            .try_get_by_index::<i64>(0)
+            .map(|n| n.to_string())
+            .or_else(|_| row.try_get_by_index::<String>(0))
+            .unwrap();
+        values.push(value);
+    }
+    values
+}
+
+/// A batch job's pool adds its cache settings to the shared ones rather
+/// than replacing them (SeaORM keeps one SQLite option mapper: a second
+/// one replaces the first).
+#[tokio::test]
+async fn every_pool_keeps_the_shared_sqlite_settings() {
+    let t = migrated("sqlite_pool_pragmas").await;
+    let shared = [
+        "journal_mode",
+        "synchronous",
+        "busy_timeout",
+        "foreign_keys",
+    ];
+    let expected = ["wal", "1", "30000", "1"];
+
+    let service = sea_orm::Database::connect(service::connection::connect_options(&t.url).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(pragmas(&service, &shared).await, expected);
+    service.close().await.unwrap();
+
+    let batch =
+        sea_orm::Database::connect(service::connection::batch_connect_options(&t.url).unwrap())
+            .await
+            .unwrap();
+    assert_eq!(pragmas(&batch, &shared).await, expected);
+    assert_eq!(
+        pragmas(&batch, &["cache_size", "temp_store"]).await,
+        ["-16384", "2"]
+    );
+    batch.close().await.unwrap();
+}
