@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::OnceLock;
 
 use chrono::{NaiveDateTime, SubsecRound, Utc};
 use entity::agent_runner_state::{self, ActiveModel, COLUMN, Column, Entity};
@@ -463,6 +464,47 @@ fn public_key(key: &str) -> &str {
     }
 }
 
+/// A statement's SQL text on each backend, built by SeaQuery once: the text
+/// depends only on the statement's shape, so later calls put their values
+/// on it instead of building the query again. Building was a tenth of a
+/// `get`'s client CPU under `perf` (SeaORM's `find()` starts from every
+/// column). Debug builds, and so every test, still build each statement and
+/// check that text and values agree with the cached ones.
+struct SqlText([OnceLock<String>; 3]);
+
+impl SqlText {
+    const fn new() -> Self {
+        Self([OnceLock::new(), OnceLock::new(), OnceLock::new()])
+    }
+
+    /// The statement `build` makes from `values`, as `values` on the cached
+    /// text.
+    fn statement(
+        &self,
+        backend: DbBackend,
+        values: Vec<sea_orm::Value>,
+        build: impl Fn(&[sea_orm::Value]) -> Statement,
+    ) -> Statement {
+        let slot = &self.0[match backend {
+            DbBackend::MySql => 0,
+            DbBackend::Postgres => 1,
+            _ => 2,
+        }];
+        let sql = slot.get_or_init(|| build(&values).sql);
+        let stmt = Statement::from_sql_and_values(backend, sql.as_str(), values);
+        #[cfg(debug_assertions)]
+        {
+            let values = stmt.values.as_ref().map_or(&[][..], |v| &v.0[..]);
+            assert_eq!(
+                stmt,
+                build(values),
+                "cached SQL text or values out of order"
+            );
+        }
+        stmt
+    }
+}
+
 /// The upsert [`StateStore::set`] runs: the whole row on insert; on
 /// conflict with `(scope_key, state_key)`, only the value and `updated_at`.
 /// Public so that the benchmark's raw-driver floor runs the very same SQL.
@@ -475,48 +517,91 @@ pub fn upsert_statement(
     value_json: String,
     now: NaiveDateTime,
 ) -> Statement {
-    let row = ActiveModel {
-        id: NotSet,
-        runner_id: Set(c.runner_id.clone()),
-        binding_identity: Set(c.binding_identity.clone()),
-        scope: Set(scope.as_str().to_owned()),
-        scope_key: Set(scope_key.to_owned()),
-        state_key: Set(key.to_owned()),
-        value_json: Set(Some(value_json)),
-        bot_id: Set(c.bot_id.clone()),
-        workspace_id: Set(c.workspace_id.clone()),
-        conversation_id: Set(c.conversation_id.clone()),
-        thread_id: Set(c.thread_id.clone()),
-        actor_type: Set(c.actor_type.clone()),
-        actor_id: Set(c.actor_id.clone()),
-        subject_type: Set(c.subject_type.clone()),
-        subject_id: Set(c.subject_id.clone()),
-        created_at: Set(now),
-        updated_at: Set(now),
-    };
-    let upsert = OnConflict::columns([
-        agent_runner_state::Column::ScopeKey,
-        agent_runner_state::Column::StateKey,
-    ])
-    .update_columns([
-        agent_runner_state::Column::ValueJson,
-        agent_runner_state::Column::UpdatedAt,
-    ])
-    .to_owned();
-    backend.build(&Entity::insert(row).on_conflict(upsert).into_query())
+    static TEXT: SqlText = SqlText::new();
+    let values = upsert_values(c, scope, scope_key, key, value_json, now);
+    TEXT.statement(backend, values, |values| {
+        // The value is the one large input: taken back from `values` when
+        // the query is built, instead of copied for every call.
+        let value_json = sea_orm::sea_query::ValueType::try_from(values[VALUE_JSON].clone())
+            .expect("the value is text");
+        let row = ActiveModel {
+            id: NotSet,
+            runner_id: Set(c.runner_id.clone()),
+            binding_identity: Set(c.binding_identity.clone()),
+            scope: Set(scope.as_str().to_owned()),
+            scope_key: Set(scope_key.to_owned()),
+            state_key: Set(key.to_owned()),
+            value_json: Set(Some(value_json)),
+            bot_id: Set(c.bot_id.clone()),
+            workspace_id: Set(c.workspace_id.clone()),
+            conversation_id: Set(c.conversation_id.clone()),
+            thread_id: Set(c.thread_id.clone()),
+            actor_type: Set(c.actor_type.clone()),
+            actor_id: Set(c.actor_id.clone()),
+            subject_type: Set(c.subject_type.clone()),
+            subject_id: Set(c.subject_id.clone()),
+            created_at: Set(now),
+            updated_at: Set(now),
+        };
+        let upsert = OnConflict::columns([
+            agent_runner_state::Column::ScopeKey,
+            agent_runner_state::Column::StateKey,
+        ])
+        .update_columns([
+            agent_runner_state::Column::ValueJson,
+            agent_runner_state::Column::UpdatedAt,
+        ])
+        .to_owned();
+        backend.build(&Entity::insert(row).on_conflict(upsert).into_query())
+    })
+}
+
+/// Where [`upsert_values`] puts the value.
+const VALUE_JSON: usize = 5;
+
+/// [`upsert_statement`]'s values, in its column order.
+pub fn upsert_values(
+    c: &IdentityColumns,
+    scope: Scope,
+    scope_key: &str,
+    key: &str,
+    value_json: String,
+    now: NaiveDateTime,
+) -> Vec<sea_orm::Value> {
+    vec![
+        c.runner_id.as_str().into(),
+        c.binding_identity.as_str().into(),
+        scope.as_str().into(),
+        scope_key.into(),
+        key.into(),
+        value_json.into(),
+        c.bot_id.clone().into(),
+        c.workspace_id.clone().into(),
+        c.conversation_id.clone().into(),
+        c.thread_id.clone().into(),
+        c.actor_type.clone().into(),
+        c.actor_id.clone().into(),
+        c.subject_type.clone().into(),
+        c.subject_id.clone().into(),
+        now.into(),
+        now.into(),
+    ]
 }
 
 /// The get by unique key: no `LIMIT` (`(scope_key, state_key)` is unique,
 /// and SeaORM's `one()` binds its limit, which costs SQLite a fifth of a get).
 pub fn get_statement(backend: DbBackend, scope_key: &str, key: &str) -> Statement {
-    backend.build(
-        &Entity::find()
-            .select_only()
-            .column(agent_runner_state::Column::ValueJson)
-            .filter(COLUMN.scope_key.eq(scope_key))
-            .filter(COLUMN.state_key.eq(key))
-            .into_query(),
-    )
+    static TEXT: SqlText = SqlText::new();
+    TEXT.statement(backend, vec![scope_key.into(), key.into()], |_| {
+        backend.build(
+            &Entity::find()
+                .select_only()
+                .column(agent_runner_state::Column::ValueJson)
+                .filter(COLUMN.scope_key.eq(scope_key))
+                .filter(COLUMN.state_key.eq(key))
+                .into_query(),
+        )
+    })
 }
 
 /// Up to `limit` keys of a scope in code point order: every string starting
@@ -528,22 +613,32 @@ pub fn list_statement(
     prefix: Option<&str>,
     limit: u64,
 ) -> Statement {
-    let mut query = Entity::find()
-        .select_only()
-        .column(agent_runner_state::Column::StateKey)
-        .filter(COLUMN.scope_key.eq(scope_key));
-    if let Some(prefix) = prefix {
-        query = query.filter(COLUMN.state_key.gte(prefix));
-        if let Some(end) = prefix_successor(prefix) {
-            query = query.filter(COLUMN.state_key.lt(end));
+    // One text per shape: no prefix, a prefix, a prefix and its successor.
+    static TEXTS: [SqlText; 3] = [SqlText::new(), SqlText::new(), SqlText::new()];
+    let end = prefix.and_then(prefix_successor);
+    let mut values: Vec<sea_orm::Value> = vec![scope_key.into()];
+    values.extend(prefix.map(Into::into));
+    values.extend(end.clone().map(Into::into));
+    values.push(limit.into());
+    let shape = usize::from(prefix.is_some()) + usize::from(end.is_some());
+    TEXTS[shape].statement(backend, values, |_| {
+        let mut query = Entity::find()
+            .select_only()
+            .column(agent_runner_state::Column::StateKey)
+            .filter(COLUMN.scope_key.eq(scope_key));
+        if let Some(prefix) = prefix {
+            query = query.filter(COLUMN.state_key.gte(prefix));
+            if let Some(end) = &end {
+                query = query.filter(COLUMN.state_key.lt(end.as_str()));
+            }
         }
-    }
-    backend.build(
-        &query
-            .order_by_asc(agent_runner_state::Column::StateKey)
-            .limit(limit)
-            .into_query(),
-    )
+        backend.build(
+            &query
+                .order_by_asc(agent_runner_state::Column::StateKey)
+                .limit(limit)
+                .into_query(),
+        )
+    })
 }
 
 /// Every row of the given scope keys, in one query.
@@ -551,17 +646,31 @@ pub fn snapshot_statement<'a>(
     backend: DbBackend,
     scope_keys: impl IntoIterator<Item = &'a str>,
 ) -> Statement {
-    backend.build(
-        &Entity::find()
-            .select_only()
-            .columns([
-                agent_runner_state::Column::ScopeKey,
-                agent_runner_state::Column::StateKey,
-                agent_runner_state::Column::ValueJson,
-            ])
-            .filter(COLUMN.scope_key.is_in(scope_keys))
-            .into_query(),
-    )
+    // One text per number of scope keys; a snapshot asks for at most one
+    // key per scope.
+    static TEXTS: [SqlText; Scope::ALL.len()] = [const { SqlText::new() }; Scope::ALL.len()];
+    let scope_keys: Vec<&str> = scope_keys.into_iter().collect();
+    let build = || {
+        backend.build(
+            &Entity::find()
+                .select_only()
+                .columns([
+                    agent_runner_state::Column::ScopeKey,
+                    agent_runner_state::Column::StateKey,
+                    agent_runner_state::Column::ValueJson,
+                ])
+                .filter(COLUMN.scope_key.is_in(scope_keys.iter().copied()))
+                .into_query(),
+        )
+    };
+    match scope_keys.len().checked_sub(1).and_then(|i| TEXTS.get(i)) {
+        Some(text) => text.statement(
+            backend,
+            scope_keys.iter().map(|k| (*k).into()).collect(),
+            |_| build(),
+        ),
+        None => build(),
+    }
 }
 
 /// The length of a text column, in characters, as the entity declares it:
@@ -676,6 +785,49 @@ pub fn prefix_successor(prefix: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every shape on every backend, twice with other values: the second
+    /// call puts its values on the text the first cached, and (in this
+    /// debug build) `SqlText` checks it against SeaQuery's own build.
+    #[test]
+    fn cached_statements_are_the_ones_seaquery_builds() {
+        let full = IdentityColumns::from_event(
+            "plugin:langbot/local-agent/default",
+            &crate::Binding {
+                binding_id: Some("pipeline-1".into()),
+                ..crate::Binding::default()
+            },
+            &crate::Event {
+                bot_id: Some("bot-1".into()),
+                conversation_id: Some("c-1".into()),
+                actor: Some(crate::Actor {
+                    actor_type: Some("user".into()),
+                    actor_id: Some("u-1".into()),
+                }),
+                ..crate::Event::default()
+            },
+        );
+        let bare = IdentityColumns::from_event(
+            "plugin:langbot/local-agent/default",
+            &crate::Binding::default(),
+            &crate::Event::default(),
+        );
+        let t = NaiveDateTime::default();
+        for backend in [DbBackend::MySql, DbBackend::Postgres, DbBackend::Sqlite] {
+            for (c, key, json) in [(&full, "k", "1"), (&bare, "other", "[\"x\"]")] {
+                let stmt = upsert_statement(backend, c, Scope::Actor, "sk", key, json.into(), t);
+                assert_eq!(stmt.values.unwrap().0[VALUE_JSON], json.into());
+                get_statement(backend, "sk", key);
+                for prefix in [None, Some(key), Some("\u{10FFFF}")] {
+                    list_statement(backend, "sk", prefix, 101);
+                }
+                for n in 1..=Scope::ALL.len() + 1 {
+                    let keys = Scope::ALL.iter().map(|s| s.as_str()).cycle().take(n);
+                    snapshot_statement(backend, keys);
+                }
+            }
+        }
+    }
 
     #[test]
     fn successor_bounds_the_prefix_range() {

@@ -242,11 +242,9 @@ struct Job {
     ops: Vec<Op>,
 }
 
-/// The store's statements as text, and the values the raw drivers bind.
-/// [`Sql::new`] takes the text from the store's statement builders and
-/// checks, for a sample of each operation, that the raw values are exactly
-/// the ones the store binds: all drivers write the same rows and read the
-/// same way.
+/// The store's statements as text, and the values the raw drivers bind:
+/// both from the store's own statement builders, so all drivers write the
+/// same rows and read the same way.
 mod sql {
     use sea_orm::{DbBackend, Value};
     use service::store::{get_statement, list_statement, snapshot_statement, upsert_statement};
@@ -269,36 +267,16 @@ mod sql {
     }
 
     impl Sql {
-        /// The store's SQL on `backend`, after checking the raw values
-        /// against the store's for one sample of each operation.
+        /// The store's SQL on `backend`.
         pub fn new(backend: DbBackend, sample: &IdentityColumns) -> Self {
             let now = service::store::now(backend);
-            let keys = ["a", "b", "c", "d"];
-            let store = [
+            let [upsert, get, list, snapshot] = [
                 upsert_statement(backend, sample, Scope::Actor, "sk", "k", "1".into(), now),
                 get_statement(backend, "sk", "k"),
                 list_statement(backend, "sk", Some("ns1."), 101),
-                snapshot_statement(backend, keys),
-            ];
-            let raw = [
-                upsert_values(sample, "actor", "sk", "k", "1".into(), now),
-                vec!["sk".into(), "k".into()],
-                list_values("sk", "ns1."),
-                keys.iter().map(|k| (*k).into()).collect(),
-            ];
-            for (stmt, values) in store.iter().zip(&raw) {
-                let store_values = stmt
-                    .values
-                    .as_ref()
-                    .map(|v| v.0.clone())
-                    .unwrap_or_default();
-                assert_eq!(
-                    &store_values, values,
-                    "the raw drivers bind other values than the store for {}",
-                    stmt.sql
-                );
-            }
-            let [upsert, get, list, snapshot] = store.map(|s| s.sql);
+                snapshot_statement(backend, Scope::ALL.map(|s| s.as_str())),
+            ]
+            .map(|s| s.sql);
             Self {
                 backend,
                 upsert,
@@ -308,15 +286,17 @@ mod sql {
             }
         }
 
-        /// The statement, its values and its shape for `op`.
+        /// The statement, its values and its shape for `op`: the values of
+        /// the store's own statement for it.
         pub fn of(&self, ctx: &StateContext, op: &super::Op) -> (&str, Vec<Value>, Shape) {
             use super::Op;
-            match op {
+            let (text, stmt, shape) = match op {
                 Op::Set { scope, key, value } => (
                     &self.upsert,
-                    upsert_values(
+                    upsert_statement(
+                        self.backend,
                         ctx.columns(),
-                        scope.as_str(),
+                        *scope,
                         ctx.scope_key(*scope).unwrap(),
                         key,
                         serde_json::to_string(value).unwrap(),
@@ -326,15 +306,21 @@ mod sql {
                 ),
                 Op::Get { key } => (
                     &self.get,
-                    vec![
-                        ctx.scope_key(Scope::Conversation).unwrap().into(),
-                        key.as_str().into(),
-                    ],
+                    get_statement(
+                        self.backend,
+                        ctx.scope_key(Scope::Conversation).unwrap(),
+                        key,
+                    ),
                     Shape::Rows,
                 ),
                 Op::List { prefix } => (
                     &self.list,
-                    list_values(ctx.scope_key(Scope::Actor).unwrap(), prefix),
+                    list_statement(
+                        self.backend,
+                        ctx.scope_key(Scope::Actor).unwrap(),
+                        Some(prefix),
+                        101,
+                    ),
                     Shape::Rows,
                 ),
                 Op::Snapshot => {
@@ -346,48 +332,14 @@ mod sql {
                     keys.sort_unstable();
                     (
                         &self.snapshot,
-                        keys.into_iter().map(Value::from).collect(),
+                        snapshot_statement(self.backend, keys),
                         Shape::Rows,
                     )
                 }
-            }
+            };
+            debug_assert_eq!(text, &stmt.sql);
+            (text, stmt.values.map(|v| v.0).unwrap_or_default(), shape)
         }
-    }
-
-    /// The upsert's values, in the store's column order.
-    pub fn upsert_values(
-        c: &IdentityColumns,
-        scope: &str,
-        scope_key: &str,
-        key: &str,
-        value_json: String,
-        now: chrono::NaiveDateTime,
-    ) -> Vec<Value> {
-        vec![
-            c.runner_id.as_str().into(),
-            c.binding_identity.as_str().into(),
-            scope.into(),
-            scope_key.into(),
-            key.into(),
-            value_json.into(),
-            c.bot_id.clone().into(),
-            c.workspace_id.clone().into(),
-            c.conversation_id.clone().into(),
-            c.thread_id.clone().into(),
-            c.actor_type.clone().into(),
-            c.actor_id.clone().into(),
-            c.subject_type.clone().into(),
-            c.subject_id.clone().into(),
-            now.into(),
-            now.into(),
-        ]
-    }
-
-    /// A prefix list's values: scope key, the code-point range, and the
-    /// page size + 1.
-    pub fn list_values(scope_key: &str, prefix: &str) -> Vec<Value> {
-        let end = service::store::prefix_successor(prefix).expect("a prefix with a successor");
-        vec![scope_key.into(), prefix.into(), end.into(), 101u64.into()]
     }
 
     /// Through a transaction pooler: the statement with its values inlined
