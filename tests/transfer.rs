@@ -334,3 +334,42 @@ async fn copy_resumes_after_a_kill_and_refuses_conflicts_first() {
     assert!(stderr(&out).contains("k-00099"), "{}", stderr(&out));
     assert_eq!(exported(&b.url), before, "a refused copy wrote something");
 }
+
+/// A source row the store would refuse (here a value over its limit,
+/// written past it by raw SQL) stops a copy before it writes anything, with
+/// or without `--overwrite`, even when it comes after a whole batch of good
+/// rows; the error names the row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_checks_every_source_row_before_writing() {
+    use sea_orm::ConnectionTrait;
+    let a = TestDb::create(Backend::Sqlite, "copy_check_a", None).await;
+    let b = TestDb::create(Backend::Postgres, "copy_check_b", None).await;
+    for t in [&a, &b] {
+        Migrator::up(&t.db, None).await.unwrap();
+    }
+    let out = admin(&["-u", &a.url, "import"], Some(&jsonl(&lines(600))));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let oversized = format!("\"{}\"", "é".repeat(140_000));
+    a.db.execute_raw(sea_orm::Statement::from_sql_and_values(
+        a.db.get_database_backend(),
+        "UPDATE agent_runner_state SET value_json = ? \
+         WHERE id = (SELECT MAX(id) FROM agent_runner_state)",
+        [oversized.into()],
+    ))
+    .await
+    .unwrap();
+    for overwrite in [false, true] {
+        let mut args = vec!["copy", "--from", &a.url, "--to", &b.url];
+        if overwrite {
+            args.push("--overwrite");
+        }
+        let out = admin(&args, None);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("source row id 600") && err.contains("280002 bytes"),
+            "{err}"
+        );
+        assert!(exported(&b.url).is_empty(), "a refused copy wrote rows");
+    }
+}

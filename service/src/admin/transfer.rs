@@ -96,6 +96,20 @@ pub enum TransferError {
         #[source]
         source: LineError,
     },
+    /// A source row of a copy that the store would refuse (see `import`'s
+    /// checks); found before anything is written.
+    #[error("source row id {id} ({scope_key} / {state_key}): {source}")]
+    SourceRow {
+        /// Its `id` in the source.
+        id: i32,
+        /// Its scope key.
+        scope_key: String,
+        /// Its state key.
+        state_key: String,
+        /// Why.
+        #[source]
+        source: crate::StateError,
+    },
     /// The input could not be read.
     #[error("reading the input: {0}")]
     Io(#[from] std::io::Error),
@@ -152,13 +166,18 @@ fn timestamp(field: &'static str, value: &str) -> Result<NaiveDateTime, LineErro
     })
 }
 
-/// A line checked against the columns, as a row: the context columns as
-/// the store checks them before a set, then the key columns and the value.
+/// A line as a row, checked by [`check_row`].
 fn to_model(line: Line) -> Result<Model, LineError> {
-    use crate::store::{MAX_VALUE_BYTES, max_chars, validate_context, validate_text};
-    let context = IdentityColumns {
+    let model = Model {
+        id: 0,
+        created_at: timestamp("created_at", &line.created_at)?,
+        updated_at: timestamp("updated_at", &line.updated_at)?,
         runner_id: line.runner_id,
         binding_identity: line.binding_identity,
+        scope: line.scope,
+        scope_key: line.scope_key,
+        state_key: line.state_key,
+        value_json: line.value_json,
         bot_id: line.bot_id,
         workspace_id: line.workspace_id,
         conversation_id: line.conversation_id,
@@ -168,43 +187,45 @@ fn to_model(line: Line) -> Result<Model, LineError> {
         subject_type: line.subject_type,
         subject_id: line.subject_id,
     };
-    validate_context(&context)?;
-    validate_text("scope", &line.scope, max_chars(Column::Scope))?;
-    validate_text("scope_key", &line.scope_key, max_chars(Column::ScopeKey))?;
-    validate_text("state_key", &line.state_key, max_chars(Column::StateKey))?;
-    if let Some(value_json) = &line.value_json {
-        // The store's limit, in bytes of UTF-8 (not characters).
+    check_row(&model)?;
+    Ok(model)
+}
+
+/// What the store would refuse to write: the context columns as it checks
+/// them before a set, then the key columns and the value (U+0000, which
+/// PostgreSQL cannot store, and the size limit in bytes of UTF-8). `import`
+/// checks every line so, and `copy` every source row.
+fn check_row(m: &Model) -> Result<(), crate::StateError> {
+    use crate::store::{MAX_VALUE_BYTES, max_chars, validate_context, validate_text};
+    validate_context(&IdentityColumns {
+        runner_id: m.runner_id.clone(),
+        binding_identity: m.binding_identity.clone(),
+        bot_id: m.bot_id.clone(),
+        workspace_id: m.workspace_id.clone(),
+        conversation_id: m.conversation_id.clone(),
+        thread_id: m.thread_id.clone(),
+        actor_type: m.actor_type.clone(),
+        actor_id: m.actor_id.clone(),
+        subject_type: m.subject_type.clone(),
+        subject_id: m.subject_id.clone(),
+    })?;
+    validate_text("scope", &m.scope, max_chars(Column::Scope))?;
+    validate_text("scope_key", &m.scope_key, max_chars(Column::ScopeKey))?;
+    validate_text("state_key", &m.state_key, max_chars(Column::StateKey))?;
+    if let Some(value_json) = &m.value_json {
         if value_json.contains('\0') {
-            return Err(LineError::Column(crate::StateError::NulCharacter {
+            return Err(crate::StateError::NulCharacter {
                 field: "value_json",
-            }));
+            });
         }
         if value_json.len() > MAX_VALUE_BYTES {
-            return Err(LineError::Column(crate::StateError::ValueTooLarge {
+            return Err(crate::StateError::ValueTooLarge {
                 size: value_json.len(),
                 limit: MAX_VALUE_BYTES,
-            }));
+            });
         }
     }
-    Ok(Model {
-        id: 0,
-        created_at: timestamp("created_at", &line.created_at)?,
-        updated_at: timestamp("updated_at", &line.updated_at)?,
-        runner_id: context.runner_id,
-        binding_identity: context.binding_identity,
-        scope: line.scope,
-        scope_key: line.scope_key,
-        state_key: line.state_key,
-        value_json: line.value_json,
-        bot_id: context.bot_id,
-        workspace_id: context.workspace_id,
-        conversation_id: context.conversation_id,
-        thread_id: context.thread_id,
-        actor_type: context.actor_type,
-        actor_id: context.actor_id,
-        subject_type: context.subject_type,
-        subject_id: context.subject_id,
-    })
+    Ok(())
 }
 
 /// Whether two rows hold the same columns (all but `id`).
@@ -469,8 +490,9 @@ pub struct CopySummary {
 }
 
 /// Copies every row of `from` into `to`, then verifies both sides hold the
-/// same rows. Without `overwrite`, a first read-only pass finds conflicts,
-/// so a refused copy writes nothing. The rows then go in batches, each its
+/// same rows. A first read-only pass checks every source row as `import`
+/// checks a line and, without `overwrite`, finds conflicts, so a refused
+/// copy writes nothing. The rows then go in batches, each its
 /// own transaction: a copy killed midway keeps what it committed, and the
 /// next run resumes (rows already there unchanged are skipped).
 ///
@@ -482,10 +504,20 @@ where
     B: ConnectionTrait + TransactionTrait,
 {
     require_migrated(to).await?;
-    if !overwrite {
-        // Read-only: the same comparison as the writes, rolled back.
-        let mut pages = RowPages::new(Condition::all(), BATCH as u64);
-        while let Some(page) = pages.next(from).await? {
+    // A first pass that writes nothing: every source row checked as import
+    // checks a line and, without `overwrite`, compared with the target (the
+    // same comparison as the writes, rolled back).
+    let mut pages = RowPages::new(Condition::all(), BATCH as u64);
+    while let Some(page) = pages.next(from).await? {
+        for m in &page {
+            check_row(m).map_err(|source| TransferError::SourceRow {
+                id: m.id,
+                scope_key: m.scope_key.clone(),
+                state_key: m.state_key.clone(),
+                source,
+            })?;
+        }
+        if !overwrite {
             let mut batch = numbered(page);
             let mut ignored = ImportSummary::default();
             apply_batch(to, &mut batch, false, &mut ignored, true).await?;
