@@ -78,7 +78,7 @@ async fn vectors_port_and_restore(t: TestDb) {
     assert_eq!(kept.len(), changed, "one kept original per changed row");
 
     // A second pass changes nothing and reports the same bad shapes.
-    let again = port_all(&t.db, 50, Overlap::on_pool(&t.db)).await.unwrap();
+    let again = port_all(&t.db, 50, Overlap::AUTO).await.unwrap();
     assert_eq!((again.changed, again.reported), (0, unportable as u64));
     assert_eq!(t.pipeline_configs().await, after);
 
@@ -154,7 +154,7 @@ async fn every_row_once_at_any_batch_size(t: TestDb) {
     let changed = changed_by_port(&rows, &expected);
     assert!(changed > 0 && changed < rows.len() as u64);
     for batch_size in [1, 4, 22, 23, 24] {
-        for overlap in [Overlap::SERIAL, Overlap::on_pool(&t.db)] {
+        for overlap in [Overlap::SERIAL, Overlap::AUTO] {
             let summary = port_all(&t.db, batch_size, overlap).await.unwrap();
             assert_eq!(
                 (summary.scanned, summary.changed),
@@ -167,12 +167,13 @@ async fn every_row_once_at_any_batch_size(t: TestDb) {
         }
     }
     // In a transaction (the migration binary behind a transaction pooler,
-    // PostgreSQL only: MySQL commits at the backup table's DDL).
+    // PostgreSQL only: MySQL commits at the backup table's DDL), where
+    // `AUTO` must run one batch at a time: two would share its connection.
     if t.backend == Backend::MySql {
         return;
     }
     let txn = t.db.begin().await.unwrap();
-    let summary = port_all(&txn, 5, Overlap::SERIAL).await.unwrap();
+    let summary = port_all(&txn, 5, Overlap::AUTO).await.unwrap();
     txn.commit().await.unwrap();
     assert_eq!(summary.changed, changed);
     assert_eq!(parsed(t.pipeline_configs().await), expected);
@@ -217,7 +218,7 @@ async fn a_batch_that_loses_a_conflict_is_redone(t: TestDb) {
     t.insert_pipelines(&rows).await;
     let expected = expected_after_port(&rows);
     let changed = changed_by_port(&rows, &expected);
-    let summary = port_all(&t.db, 4, Overlap::on_pool(&t.db)).await.unwrap();
+    let summary = port_all(&t.db, 4, Overlap::AUTO).await.unwrap();
     assert_eq!(
         (summary.scanned, summary.changed),
         (rows.len() as u64, changed)
@@ -304,7 +305,36 @@ async fn a_batch_that_loses_a_conflict_is_redone_mysql() {
     .await;
 }
 
+/// Two batches in flight only on a server pool that may open two
+/// connections (the migration binary's), whatever the caller asks; one in
+/// a transaction, whose nested transactions would share its connection;
+/// one on SQLite.
+async fn two_batches_only_where_the_connection_allows(t: TestDb) {
+    use sea_orm::{DatabaseExecutor, TransactionTrait};
+    let server = t.backend != Backend::Sqlite;
+    let batch_pool =
+        sea_orm::Database::connect(service::connection::batch_connect_options(&t.url).unwrap())
+            .await
+            .unwrap();
+    let on_batch_pool = DatabaseExecutor::from(&batch_pool);
+    assert_eq!(
+        Overlap::AUTO.batches_in_flight(&on_batch_pool),
+        if server { 2 } else { 1 }
+    );
+    assert_eq!(Overlap::SERIAL.batches_in_flight(&on_batch_pool), 1);
+    let txn = batch_pool.begin().await.unwrap();
+    assert_eq!(Overlap::AUTO.batches_in_flight(&(&txn).into()), 1);
+    txn.rollback().await.unwrap();
+    let mut one = service::connection::connect_options(&t.url).unwrap();
+    one.max_connections(1).min_connections(1);
+    let one = sea_orm::Database::connect(one).await.unwrap();
+    assert_eq!(Overlap::AUTO.batches_in_flight(&(&one).into()), 1);
+    one.close().await.unwrap();
+    batch_pool.close().await.unwrap();
+}
+
 on_every_backend!(
+    two_batches_only_where_the_connection_allows,
     vectors_port_and_restore,
     no_pipelines_table_is_a_no_op,
     every_row_once_at_any_batch_size,

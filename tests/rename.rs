@@ -308,7 +308,7 @@ async fn killed_and_rerun(t: TestDb) {
             transform: |v| Ok(Renames::official().apply_json(v)),
         },
         500,
-        migration::pipeline_rewrite::Overlap::on_pool(&t.db),
+        migration::pipeline_rewrite::Overlap::AUTO,
     )
     .await
     .unwrap();

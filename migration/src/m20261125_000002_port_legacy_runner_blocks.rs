@@ -5,7 +5,7 @@
 //! are not JSON) stay as they are and are reported by pipeline uuid.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait};
+use sea_orm_migration::sea_orm::IntoDatabaseExecutor;
 use service::legacy::port_in_place;
 
 pub use crate::pipeline_rewrite::PIPELINES_TABLE;
@@ -21,14 +21,15 @@ const PORT: Rewrite = Rewrite {
     transform: port_in_place,
 };
 
-/// Ports every pipeline config, `overlap` batches at once.
+/// Ports every pipeline config, up to `overlap` batches at once.
 ///
 /// # Errors
 /// A database error; the batches committed before it stay.
-pub async fn port_all<C>(db: &C, batch_size: u64, overlap: Overlap) -> Result<RewriteSummary, DbErr>
-where
-    C: ConnectionTrait + TransactionTrait<Transaction = DatabaseTransaction>,
-{
+pub async fn port_all<'c>(
+    db: impl IntoDatabaseExecutor<'c>,
+    batch_size: u64,
+    overlap: Overlap,
+) -> Result<RewriteSummary, DbErr> {
     pipeline_rewrite::rewrite_all(db, &PORT, batch_size, overlap).await
 }
 
@@ -52,10 +53,13 @@ impl crate::Plan for Migration {
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let db = manager.get_connection();
-        port_all(db, settings::batch_size(), Overlap::of(db))
-            .await
-            .map(|_| ())
+        port_all(
+            pipeline_rewrite::borrowed(manager.get_connection()),
+            settings::batch_size(),
+            Overlap::AUTO,
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {

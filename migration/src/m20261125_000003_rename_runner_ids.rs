@@ -531,10 +531,10 @@ impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
         pipeline_rewrite::rewrite_all(
-            db,
+            pipeline_rewrite::borrowed(db),
             &RENAME_CONFIGS,
             settings::batch_size(),
-            pipeline_rewrite::Overlap::of(db),
+            pipeline_rewrite::Overlap::AUTO,
         )
         .await?;
         rename_state_rows(db, settings::batch_size()).await?;

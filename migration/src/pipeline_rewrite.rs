@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseExecutor, DatabaseTransaction, DbBackend,
+    ConnectionTrait, DatabaseExecutor, DatabaseTransaction, DbBackend, IntoDatabaseExecutor,
     IsolationLevel, Statement, TransactionSession, TransactionTrait,
 };
 use serde_json::Value;
@@ -214,25 +214,33 @@ async fn create_backup_table<C: ConnectionTrait>(db: &C, table: &str) -> Result<
     db.execute(&create).await.map(|_| ())
 }
 
-/// How many batches of a rewrite run at once: one, or on a pool of a
-/// server two, each in its own transaction on its own connection, so that
-/// one batch's rows are read and locked while the one before it is written
-/// and the server works on both while the client transforms. Made from the
-/// connection, so that two are never asked of a transaction (whose nested
-/// transactions would share one connection). SQLite, one writer at a time,
-/// always runs one.
+/// How many batches of a rewrite may run at once. [`Overlap::SERIAL`]: one.
+/// [`Overlap::AUTO`]: two where the connection allows, each in its own
+/// transaction on its own connection, so that one batch's rows are read and
+/// locked while the one before it is written and the server works on both
+/// while the client transforms. The connection allows it on PostgreSQL and
+/// MySQL, given a pool that may open two connections (as
+/// `batch_connect_options` makes); never inside a transaction, whose nested
+/// transactions would share one connection, and never on SQLite, one writer
+/// at a time. [`rewrite_all`] decides from the connection it is given, so a
+/// caller cannot ask two of a transaction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Overlap {
-    pipelined: bool,
+    allowed: bool,
 }
 
 impl Overlap {
     /// One batch at a time.
-    pub const SERIAL: Self = Self { pipelined: false };
+    pub const SERIAL: Self = Self { allowed: false };
 
-    /// Two batches at once on `pool` if it may open two connections (as
-    /// `batch_connect_options` does), else one.
-    pub fn on_pool(pool: &DatabaseConnection) -> Self {
+    /// Two batches at once where the connection allows, else one.
+    pub const AUTO: Self = Self { allowed: true };
+
+    /// How many batches [`rewrite_all`] keeps in flight on `db`.
+    pub fn batches_in_flight(self, db: &DatabaseExecutor<'_>) -> usize {
+        let DatabaseExecutor::Connection(pool) = db else {
+            return 1;
+        };
         let connections = match pool.get_database_backend() {
             DbBackend::Postgres => pool
                 .get_postgres_connection_pool()
@@ -244,24 +252,21 @@ impl Overlap {
                 .get_max_connections(),
             _ => 1,
         };
-        Self {
-            pipelined: connections >= 2,
+        if self.allowed && connections >= 2 {
+            2
+        } else {
+            1
         }
     }
+}
 
-    /// Two at once on a pool, one in a transaction.
-    pub fn of(db: &DatabaseExecutor<'_>) -> Self {
-        match db {
-            DatabaseExecutor::Connection(pool) => Self::on_pool(pool),
-            _ => Self::SERIAL,
-        }
-    }
-
-    fn batches_in_flight(self, backend: DbBackend) -> usize {
-        match backend {
-            DbBackend::Postgres | DbBackend::MySql if self.pipelined => 2,
-            _ => 1,
-        }
+/// `db`, borrowed: for a migration's `manager.get_connection()` handed to
+/// [`rewrite_all`].
+pub fn borrowed<'a>(db: &'a DatabaseExecutor<'_>) -> DatabaseExecutor<'a> {
+    match db {
+        DatabaseExecutor::Connection(c) => DatabaseExecutor::Connection(c),
+        DatabaseExecutor::Transaction(t) => DatabaseExecutor::Transaction(t),
+        DatabaseExecutor::OwnedTransaction(t) => DatabaseExecutor::Transaction(t),
     }
 }
 
@@ -288,16 +293,14 @@ struct Opened<T> {
 /// # Errors
 /// A database error; the batches committed before it stay (with two at
 /// once, the one after it may have committed too).
-pub async fn rewrite_all<C>(
-    db: &C,
+pub async fn rewrite_all<'c>(
+    db: impl IntoDatabaseExecutor<'c>,
     rewrite: &Rewrite,
     batch_size: u64,
     overlap: Overlap,
-) -> Result<RewriteSummary, DbErr>
-where
-    C: ConnectionTrait + TransactionTrait<Transaction = DatabaseTransaction>,
-{
+) -> Result<RewriteSummary, DbErr> {
     use futures_util::StreamExt;
+    let db = &db.into_database_executor();
     let label = rewrite.label;
     let mut summary = RewriteSummary::default();
     if !catalog::table_exists(db, PIPELINES_TABLE).await? {
@@ -307,7 +310,7 @@ where
     create_backup_table(db, rewrite.backup_table).await?;
     let target = Target::detect(db).await?;
     let total = count(db, PIPELINES_TABLE).await?;
-    let mut in_flight = overlap.batches_in_flight(target.backend);
+    let mut in_flight = overlap.batches_in_flight(db);
     if in_flight > 1 && target.backend == DbBackend::MySql && statement_binlog(db).await? {
         // Such a server refuses writes at read committed (error 1665).
         in_flight = 1;
