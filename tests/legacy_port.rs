@@ -243,6 +243,102 @@ async fn a_batch_that_loses_a_conflict_is_redone(t: TestDb) {
     assert!(next > 3, "the injected conflict never fired: {next}");
 }
 
+/// Opening a batch behind a row lock held elsewhere (LangBot saving a
+/// pipeline) for longer than the server's lock timeout fails with `55P03`
+/// before anything is written; the batch is opened again, and once the lock
+/// is gone the port ends exact. The lock is released only after a second
+/// attempt is seen waiting on it (a new transaction in `pg_stat_activity`).
+async fn opening_a_batch_is_retried_behind_a_lock(t: TestDb) {
+    use sea_orm::TransactionTrait;
+    t.create_langbot_schema().await;
+    let rows = many_rows(23);
+    t.insert_pipelines(&rows).await;
+    let expected = expected_after_port(&rows);
+    let changed = changed_by_port(&rows, &expected);
+    let query_i64 = |sql: String| {
+        let db = &t.db;
+        async move {
+            db.query_one_raw(sea_orm::Statement::from_string(
+                db.get_database_backend(),
+                sql,
+            ))
+            .await
+            .unwrap()
+            .and_then(|row| row.try_get_by_index::<i64>(0).ok())
+        }
+    };
+    // Sessions opened from now on give up waiting for a lock after 200 ms.
+    t.exec(
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET lock_timeout = ''200ms''',          current_database()); END $$",
+    )
+    .await;
+    let holder = t.db.begin().await.unwrap();
+    holder
+        .execute_unprepared(
+            "SELECT 1 FROM legacy_pipelines ORDER BY uuid OFFSET 9 LIMIT 1 FOR UPDATE",
+        )
+        .await
+        .unwrap();
+    let holder_pid = holder
+        .query_one_raw(sea_orm::Statement::from_string(
+            t.db.get_database_backend(),
+            "SELECT pg_backend_pid()::bigint",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get_by_index::<i64>(0)
+        .unwrap();
+    let port_pool =
+        sea_orm::Database::connect(service::connection::batch_connect_options(&t.url).unwrap())
+            .await
+            .unwrap();
+    let port = tokio::spawn(async move {
+        let summary = port_all(&port_pool, 4, Overlap::AUTO).await;
+        port_pool.close().await.unwrap();
+        summary
+    });
+    // Each attempt waits on the holder's lock in a transaction of its own.
+    let waiting = format!(
+        "SELECT (extract(epoch FROM xact_start) * 1000000)::bigint FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event_type = 'Lock' \
+         AND {holder_pid} = ANY(pg_blocking_pids(pid))"
+    );
+    let mut first_attempt = None;
+    loop {
+        assert!(
+            !port.is_finished(),
+            "the port ended while the lock was held"
+        );
+        match (first_attempt, query_i64(waiting.clone()).await) {
+            (None, Some(started)) => first_attempt = Some(started),
+            (Some(first), Some(started)) if started != first => break,
+            _ => {}
+        }
+        // A poll interval, not a stand-in for progress: the loop ends on
+        // what the server shows.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    holder.rollback().await.unwrap();
+    let summary = port.await.unwrap().unwrap();
+    assert_eq!(
+        (summary.scanned, summary.changed),
+        (rows.len() as u64, changed)
+    );
+    assert_eq!(parsed(t.pipeline_configs().await), expected);
+    assert_eq!(committed_rows(&t.db, BACKUP_TABLE).await, changed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_a_batch_is_retried_behind_a_lock_postgres() {
+    testkit::run_on(
+        Backend::Postgres,
+        "open_retried",
+        opening_a_batch_is_retried_behind_a_lock,
+    )
+    .await;
+}
+
 /// The port's name: the kill tests apply it, and only it, by name.
 const PORT: &str = "m20261125_000002_port_legacy_runner_blocks";
 
