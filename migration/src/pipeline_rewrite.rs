@@ -52,6 +52,22 @@ const MAX_STATEMENT_BYTES: usize = 4 << 20;
 /// How often progress is logged on large tables.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
+/// Config text of one batch above which the next batch waits for it to
+/// finish instead of opening beside it: two batches in flight hold two
+/// batches of configs (and their parsed forms), which for ordinary configs
+/// (~1.5 KB, 1.5 MB a batch) costs nothing, but for very large ones would
+/// double the port's memory.
+const OVERLAP_MAX_BATCH_BYTES: usize = 16 << 20;
+
+/// How many batches may be in flight once a batch of `config_bytes` is.
+fn in_flight_beside(config_bytes: usize, in_flight: usize) -> usize {
+    if config_bytes > OVERLAP_MAX_BATCH_BYTES {
+        1
+    } else {
+        in_flight
+    }
+}
+
 /// What one pass did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RewriteSummary {
@@ -335,8 +351,10 @@ pub async fn rewrite_all<'c>(
     // Where the next batch starts (`None`: no rows are left).
     let mut next: Option<Option<String>> = Some(None);
     let mut finishing = futures_util::stream::FuturesOrdered::new();
+    // Batches allowed in flight beside the last one opened.
+    let mut allowed = in_flight;
     loop {
-        let Some(after) = next.take_if(|_| finishing.len() < in_flight) else {
+        let Some(after) = next.take_if(|_| finishing.len() < allowed) else {
             match finishing.next().await {
                 Some(done) => progress.add(&mut summary, done?),
                 None => break,
@@ -355,6 +373,12 @@ pub async fn rewrite_all<'c>(
         };
         if let Some(batch) = opened {
             next = Some(batch.range.until.clone());
+            let config_bytes = batch
+                .configs
+                .iter()
+                .map(|(_, config)| config.as_ref().map_or(0, String::len))
+                .sum();
+            allowed = in_flight_beside(config_bytes, in_flight);
             finishing.push_back(rewrite_opened(db, rewrite, target, batch, isolation));
         }
     }
@@ -752,4 +776,17 @@ pub(crate) async fn count<C: ConnectionTrait>(db: &C, table: &str) -> Result<u64
         ))
         .await?;
     Ok(row.map_or(Ok(0), |r| r.try_get_by_index::<i64>(0))? as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_batch_runs_alone() {
+        assert_eq!(in_flight_beside(1_500_000, 2), 2);
+        assert_eq!(in_flight_beside(OVERLAP_MAX_BATCH_BYTES, 2), 2);
+        assert_eq!(in_flight_beside(OVERLAP_MAX_BATCH_BYTES + 1, 2), 1);
+        assert_eq!(in_flight_beside(0, 1), 1);
+    }
 }
