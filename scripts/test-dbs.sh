@@ -168,7 +168,7 @@ start_pg() {
         rm -f "$data/postmaster.pid" "$run"/.s.PGSQL.*.lock
         port_taken "$port" && die "port $port is taken by another server; set its TESTDB_*_PORT"
         log "starting $name on $host:$port"
-        local opts="-p $port -k $run -c listen_addresses=127.0.0.1 -c max_connections=600 -c fsync=off -c synchronous_commit=off -c full_page_writes=off $*"
+        local opts="-p $port -k $run -c listen_addresses=127.0.0.1 -c max_connections=600 $*"
         as_user postgres "$pg_bin/pg_ctl" -D "$data" -l "$run/pg.log" -w -t 60 start -o "$opts" \
             >/dev/null || { tail -n 30 "$run/pg.log" >&2; die "$name did not start"; }
     fi
@@ -286,7 +286,7 @@ start_mariadb_instance() {
             --socket="$run/mysqld.sock" --pid-file="$run/mysqld.pid" \
             --port="$port" --bind-address=127.0.0.1 --skip-name-resolve \
             --character-set-server=utf8mb4 --collation-server=utf8mb4_general_ci \
-            --max-connections=1000 --innodb-flush-log-at-trx-commit=2 \
+            --max-connections=1000 \
             --log-error="$run/mysql.log" "$@" \
             >/dev/null 2>&1 &
         disown || true
@@ -331,7 +331,9 @@ galera_node_opts() {
     lib=$(galera_lib)
     local base=$((galera_base_port + 100))
     local peers="gcomm://127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2)),127.0.0.1:$((base + 3))"
-    echo --innodb-buffer-pool-size=32M --innodb-log-file-size=16M \
+    # Galera's usual setting: a commit is durable on the cluster, each node
+    # flushes its log about once a second.
+    echo --innodb-buffer-pool-size=32M --innodb-log-file-size=16M --innodb-flush-log-at-trx-commit=2 \
         --binlog-format=ROW --default-storage-engine=InnoDB --innodb-autoinc-lock-mode=2 \
         --wsrep-on=ON --wsrep-provider="$lib" --wsrep-cluster-name=ars_test \
         --wsrep-node-name="node$n" --wsrep-node-address=127.0.0.1 \
