@@ -3,7 +3,8 @@
 //! database:
 //!
 //! * `store`: `StateStore` on a pool opened with the recommended settings
-//!   (`service::connection::connect`);
+//!   (`service::connection::connect`; for e_concurrent's 32 tasks on a
+//!   server, one of 34 connections);
 //! * `fastest`: the store's own SQL text and values with no ORM and no
 //!   checks, through tokio-postgres (prepared statements), a plain sqlx
 //!   `MySqlConnection`, or rusqlite (prepared, cached; each task a blocking
@@ -95,6 +96,9 @@ const RUNNER: &str = "plugin:langbot/local-agent/default";
 
 /// Tasks of the concurrent variant of workloads a–d.
 const TASKS: usize = 8;
+
+/// Tasks of e_concurrent, on 50 shared keys.
+const E_TASKS: usize = 32;
 
 fn value(i: usize, generation: usize) -> Value {
     json!({
@@ -623,6 +627,8 @@ struct Bench {
     backend: DbBackend,
     /// A pool per node (one unless a cluster was given).
     pools: Vec<Arc<DatabaseConnection>>,
+    /// A pool per node for e_concurrent's tasks.
+    wide_pools: Vec<Arc<DatabaseConnection>>,
     /// SQLite: a pool of one connection to the same file.
     one_connection: Option<Arc<DatabaseConnection>>,
     /// The test database's URL on each node.
@@ -638,12 +644,17 @@ struct Outcome {
 }
 
 impl Bench {
-    /// Opens task `task`'s worker (before the clock starts).
-    async fn worker(&self, driver: Driver, task: usize) -> Worker {
+    /// Opens task `task`'s worker of `tasks` (before the clock starts).
+    async fn worker(&self, driver: Driver, task: usize, tasks: usize) -> Worker {
         let node = task % self.urls.len();
+        let pools = if tasks > TASKS {
+            &self.wide_pools
+        } else {
+            &self.pools
+        };
         match (driver, self.backend) {
-            (Driver::Store, _) => Worker::Store(self.pools[node].clone(), self.pooled),
-            (Driver::SqlxPool, _) => Worker::SqlxPool(self.pools[node].clone(), self.pooled),
+            (Driver::Store, _) => Worker::Store(pools[node].clone(), self.pooled),
+            (Driver::SqlxPool, _) => Worker::SqlxPool(pools[node].clone(), self.pooled),
             (Driver::StoreOneConnection, _) => Worker::Store(
                 self.one_connection
                     .clone()
@@ -676,7 +687,7 @@ impl Bench {
         let ops: usize = jobs.iter().map(|j| j.ops.len()).sum();
         let mut workers = Vec::with_capacity(jobs.len());
         for task in 0..jobs.len() {
-            workers.push(self.worker(driver, task).await);
+            workers.push(self.worker(driver, task, jobs.len()).await);
         }
         let started = Instant::now();
         let handles: Vec<tokio::task::JoinHandle<usize>> = jobs
@@ -789,11 +800,25 @@ async fn main() {
         urls.push(node.into());
     }
     let mut pools = Vec::new();
+    let mut wide_pools = Vec::new();
     for url in &urls {
         let pool = service::connection::connect(url)
             .await
             .unwrap_or_else(|e| panic!("connect {url}: {e}"));
         pools.push(Arc::new(pool));
+        // e_concurrent's own, sized to its tasks with two spare, as the
+        // README recommends: on `connect`'s 10 its tasks would queue for
+        // connections while the fastest driver has one each. (Not for the
+        // other workloads: sqlx hands idle connections out in turn, so a
+        // pool wider than its tasks spreads them over cold connections.)
+        let mut options = service::connection::connect_options(url).unwrap();
+        if backend != testkit::Backend::Sqlite {
+            options.max_connections(E_TASKS as u32 + 2);
+        }
+        let pool = sea_orm::Database::connect(options)
+            .await
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        wide_pools.push(Arc::new(pool));
     }
     let db = pools[0].clone();
     if pooled {
@@ -818,6 +843,7 @@ async fn main() {
     let bench = Bench {
         backend: db_backend,
         pools,
+        wide_pools,
         one_connection,
         urls,
         pooled,
@@ -912,7 +938,7 @@ async fn main() {
             }
             // 32 tasks × 200 sets on 50 shared keys, in a scope of its own.
             let ctx = Arc::new(context("e", &format!("e-{}-{run}", driver.name())));
-            let jobs = split(&ctx, 32 * 200 / scale, 32, |task, i| Op::Set {
+            let jobs = split(&ctx, E_TASKS * 200 / scale, E_TASKS, |task, i| Op::Set {
                 scope: Scope::Actor,
                 key: format!("shared-{}", (task * 7 + i) % 50),
                 value: value(i, task),
