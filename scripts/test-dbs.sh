@@ -10,6 +10,9 @@
 #   mariadb-tls   MariaDB, require_secure_transport=ON         localhost:33070
 #   galera        3-node MariaDB Galera cluster (TESTDB_GALERA=1, or CI=true)
 #                                                   127.0.0.1:33071,33072,33073
+#   postgres-restart, mariadb-restart: one more of each, plain, that only
+#                 the server-restart tests use and restart (`restart NAME`)
+#                                         127.0.0.1:54331, 127.0.0.1:33074
 #
 # Production-like defaults on purpose, so collation bugs cannot hide:
 #   PostgreSQL: default collation ICU en-US (linguistic, not code point)
@@ -23,6 +26,10 @@
 #   scripts/test-dbs.sh status    say which servers run (exit 1 if any is down)
 #   scripts/test-dbs.sh stop      stop exactly the servers this script started
 #                                 from this state directory
+#   scripts/test-dbs.sh restart postgres-restart|mariadb-restart
+#                                 shut that server down (as an operator's
+#                                 restart does) and start it again; returns
+#                                 once it answers
 #
 # Safe to run twice: servers already running from the state directory are
 # reused; a half-made data directory (a run killed during initdb) is made
@@ -37,8 +44,10 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 command=${1:-start}
-case $command in start|stop|status) ;; *)
-    echo "usage: $0 [start|status|stop]" >&2; exit 2 ;;
+case $command in start|stop|status) ;;
+    restart) case ${2:-} in postgres-restart|mariadb-restart) ;; *)
+        echo "usage: $0 restart postgres-restart|mariadb-restart" >&2; exit 2 ;; esac ;;
+    *) echo "usage: $0 [start|status|stop|restart NAME]" >&2; exit 2 ;;
 esac
 repo_hash=$(printf '%s' "$repo" | sha256sum | cut -c1-12)
 dir=${TESTDB_DIR:-${TMPDIR:-/tmp}/agent-runner-state-testdb/$repo_hash}
@@ -47,6 +56,8 @@ pg_tls_port=${TESTDB_PG_TLS_PORT:-54330}
 pgbouncer_port=${TESTDB_PGBOUNCER_PORT:-64329}
 my_port=${TESTDB_MYSQL_PORT:-33069}
 my_tls_port=${TESTDB_MYSQL_TLS_PORT:-33070}
+pg_restart_port=${TESTDB_PG_RESTART_PORT:-54331}
+my_restart_port=${TESTDB_MYSQL_RESTART_PORT:-33074}
 galera_base_port=${TESTDB_GALERA_PORT:-33071}
 pg_bin=/usr/lib/postgresql/15/bin
 galera=${TESTDB_GALERA:-}
@@ -179,6 +190,11 @@ start_postgres() {
     wait_for PostgreSQL "$pg_bin/pg_isready" -q -h 127.0.0.1 -p "$pg_port"
 }
 
+start_postgres_restart() {
+    start_pg postgres-restart "$pg_restart_port" 127.0.0.1
+    wait_for "PostgreSQL (restart)" "$pg_bin/pg_isready" -q -h 127.0.0.1 -p "$pg_restart_port"
+}
+
 start_postgres_tls() {
     make_certs
     local hba=$dir/postgres-tls-hba.conf tls=$dir/tls/pg
@@ -306,6 +322,11 @@ start_mariadb() {
     create_mariadb_users "$dir/mariadb-run/mysqld.sock" ""
 }
 
+start_mariadb_restart() {
+    start_mariadb_instance mariadb-restart "$my_restart_port" --innodb-buffer-pool-size=32M
+    create_mariadb_users "$dir/mariadb-restart-run/mysqld.sock" ""
+}
+
 start_mariadb_tls() {
     make_certs
     local tls=$dir/tls/mysql
@@ -381,8 +402,9 @@ status() {
     local down=0 pid
     if pid=$(pg_pid postgres); then echo "postgres: running on 127.0.0.1:$pg_port (pid $pid)"; else echo "postgres: not running"; down=1; fi
     if pid=$(pg_pid postgres-tls); then echo "postgres-tls: running on localhost:$pg_tls_port (pid $pid)"; else echo "postgres-tls: not running"; down=1; fi
+    if pid=$(pg_pid postgres-restart); then echo "postgres-restart: running on 127.0.0.1:$pg_restart_port (pid $pid)"; else echo "postgres-restart: not running"; down=1; fi
     if pid=$(pgbouncer_pid); then echo "pgbouncer: running on 127.0.0.1:$pgbouncer_port (pid $pid)"; else echo "pgbouncer: not running"; down=1; fi
-    for name in mariadb mariadb-tls galera1 galera2 galera3; do
+    for name in mariadb mariadb-tls mariadb-restart galera1 galera2 galera3; do
         if pid=$(mariadb_pid "$name"); then echo "$name: running (pid $pid, data $dir/$name)"
         elif [ "${name#galera}" = "$name" ] || [ -n "$galera" ]; then echo "$name: not running"; down=1
         fi
@@ -397,34 +419,52 @@ stop() {
         log "stopping PgBouncer (pid $pid)"; kill "$pid"
         while alive "$pid"; do sleep 0.1; done
     fi
-    for name in postgres postgres-tls; do
-        if pg_pid "$name" >/dev/null; then
-            log "stopping $name"
-            as_user postgres "$pg_bin/pg_ctl" -D "$dir/$name" -m fast -w -t 60 stop >/dev/null
-        fi
-    done
+    for name in postgres postgres-tls postgres-restart; do stop_pg "$name"; done
     # Galera nodes one at a time, node 1 last: it can then bootstrap again.
-    for name in galera3 galera2 galera1 mariadb mariadb-tls; do
-        if pid=$(mariadb_pid "$name"); then
-            log "stopping $name (pid $pid)"
-            kill "$pid"
-            # Until the process is gone, which is what stop promises.
-            while alive "$pid"; do sleep 0.2; done
-        fi
+    for name in galera3 galera2 galera1 mariadb mariadb-tls mariadb-restart; do
+        stop_mariadb "$name"
     done
     log "stopped"
+}
+
+stop_pg() {
+    if pg_pid "$1" >/dev/null; then
+        log "stopping $1"
+        as_user postgres "$pg_bin/pg_ctl" -D "$dir/$1" -m fast -w -t 60 stop >/dev/null
+    fi
+}
+
+stop_mariadb() {
+    local pid
+    if pid=$(mariadb_pid "$1"); then
+        log "stopping $1 (pid $pid)"
+        kill "$pid"
+        # Until the process is gone, which is what stop promises.
+        while alive "$pid"; do sleep 0.2; done
+    fi
+}
+
+restart() {
+    case $1 in
+        postgres-restart) stop_pg postgres-restart; start_postgres_restart ;;
+        mariadb-restart) stop_mariadb mariadb-restart; start_mariadb_restart ;;
+    esac
+    log "$1 restarted"
 }
 
 case $command in
     status) status; exit ;;
     stop) stop; exit ;;
+    restart) restart "$2"; exit ;;
 esac
 
 start_postgres
 start_postgres_tls
+start_postgres_restart
 start_pgbouncer
 start_mariadb
 start_mariadb_tls
+start_mariadb_restart
 if [ -n "$galera" ]; then start_galera; fi
 
 tls=$dir/tls
@@ -435,6 +475,8 @@ tls=$dir/tls
     echo "TEST_MYSQL_URL=mysql://langbot:langbot@127.0.0.1:$my_port"
     echo "TEST_MYSQL_TLS_URL=mysql://langbot:langbot@localhost:$my_tls_port?ssl-mode=VERIFY_IDENTITY&ssl-ca=$tls/ca.crt"
     echo "TEST_TLS_DIR=$tls"
+    echo "TEST_POSTGRES_RESTART_URL=postgres://postgres@127.0.0.1:$pg_restart_port"
+    echo "TEST_MYSQL_RESTART_URL=mysql://langbot:langbot@127.0.0.1:$my_restart_port"
     if [ -n "$galera" ]; then
         echo "TEST_GALERA_URLS=mysql://langbot:langbot@127.0.0.1:$galera_base_port,mysql://langbot:langbot@127.0.0.1:$((galera_base_port + 1)),mysql://langbot:langbot@127.0.0.1:$((galera_base_port + 2))"
     fi

@@ -4,16 +4,19 @@
 //! proxy does — is still found out and replaced, and no error reaches the
 //! store's caller: the statement goes again on another connection.
 //!
-//! The server ends every session on the test's database (PostgreSQL
-//! `pg_terminate_backend`, MariaDB `KILL CONNECTION`), which is what a
-//! restart does to a pool, without stopping the server the other tests
-//! share. Server backends only: SQLite has no connection to lose.
+//! On every server topology the server ends every session on the test's
+//! database (PostgreSQL `pg_terminate_backend`, MariaDB `KILL CONNECTION`),
+//! which is what a restart does to a pool, without stopping the server the
+//! other tests share. And a real restart, shutdown and start, of the
+//! PostgreSQL and MariaDB servers `scripts/test-dbs.sh` keeps for these
+//! tests alone (`restart postgres-restart|mariadb-restart`). Server backends
+//! only: SQLite has no connection to lose.
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
 use serde_json::json;
 use service::{Scope, StateContext, StatePolicy, StateStore};
-use testkit::{TestDb, on_every_server_topology};
+use testkit::{Backend, TestDb, on_every_server_topology};
 
 fn ctx(actor: &str) -> StateContext {
     testkit::user_context("plugin:langbot/local-agent/default", "c-1", actor)
@@ -100,8 +103,23 @@ async fn a_pool_survives_its_connections_ending(t: TestDb) {
         ),
     }
 
-    // Every call after the kill succeeds: reads, upserts, a snapshot, and
-    // eight writers at once, each finding dead connections first.
+    calls_after_losing_connections(&pool, t.pooler(), || end_other_sessions(&killer)).await;
+    pool.close().await.unwrap();
+    killer.close().await.unwrap();
+}
+
+/// Every call after the pool lost its connections succeeds: reads, an
+/// upsert, a list, a snapshot; then, after they are lost `again`, eight
+/// writers at once, each finding dead connections first.
+async fn calls_after_losing_connections<F, Fut, T>(
+    pool: &DatabaseConnection,
+    pooler: service::connection::Pooler,
+    again: F,
+) where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let store = StateStore::new(pool).pooled(pooler);
     let c = ctx("u-0");
     assert_eq!(
         store.get(&c, Scope::Conversation, "topic").await.unwrap(),
@@ -119,8 +137,8 @@ async fn a_pool_survives_its_connections_ending(t: TestDb) {
         .unwrap();
     assert_eq!(snapshot[&Scope::Conversation]["topic"], json!("rain"));
 
-    end_other_sessions(&killer).await;
-    let writers = eight_writers(&pool, t.pooler(), 1);
+    again().await;
+    let writers = eight_writers(pool, pooler, 1);
     let failed: Vec<String> = errors_of(writers).await;
     assert!(failed.is_empty(), "errors reached the caller: {failed:?}");
     for i in 0..8 {
@@ -130,8 +148,61 @@ async fn a_pool_survives_its_connections_ending(t: TestDb) {
             .unwrap();
         assert_eq!(seen, Some(json!(1)));
     }
+}
+
+/// Shuts the test-only server `instance` down and starts it again; returns
+/// once it answers.
+fn restart(instance: &str) {
+    let script = testkit::workspace_root().join("scripts/test-dbs.sh");
+    let out = std::process::Command::new(script)
+        .args(["restart", instance])
+        .output()
+        .expect("run scripts/test-dbs.sh");
+    assert!(
+        out.status.success(),
+        "restart {instance}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The server restarts under a live pool with connections open and used:
+/// its shutdown ends them all (PostgreSQL tells each it is shutting down;
+/// MariaDB closes them), and no call after it fails.
+async fn a_pool_survives_a_server_restart(backend: Backend, base_var: &str, instance: &str) {
+    let base = std::env::var(base_var).unwrap_or_else(|_| {
+        panic!("{base_var} is not set: start the test databases with scripts/test-dbs.sh")
+    });
+    let t = TestDb::create(backend, "restart", Some(&base)).await;
+    Migrator::up(&t.db, None).await.unwrap();
+    let pool = service::connection::connect(&t.url).await.unwrap();
+    let pooler = service::connection::Pooler::None;
+    assert_eq!(
+        errors_of(eight_writers(&pool, pooler, 0)).await,
+        Vec::<String>::new()
+    );
+    StateStore::new(&pool)
+        .set(&ctx("u-0"), Scope::Conversation, "topic", &json!("weather"))
+        .await
+        .unwrap();
+    restart(instance);
+    calls_after_losing_connections(&pool, pooler, || async { restart(instance) }).await;
     pool.close().await.unwrap();
-    killer.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_survives_a_server_restart_postgres() {
+    a_pool_survives_a_server_restart(
+        Backend::Postgres,
+        "TEST_POSTGRES_RESTART_URL",
+        "postgres-restart",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_survives_a_server_restart_mysql() {
+    a_pool_survives_a_server_restart(Backend::MySql, "TEST_MYSQL_RESTART_URL", "mariadb-restart")
+        .await;
 }
 
 /// Eight tasks at once, each setting its own actor's `seen` to `value`.
