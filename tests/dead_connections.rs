@@ -189,20 +189,29 @@ async fn a_pool_survives_a_server_restart(backend: Backend, base_var: &str, inst
     pool.close().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pool_survives_a_server_restart_postgres() {
-    a_pool_survives_a_server_restart(
-        Backend::Postgres,
-        "TEST_POSTGRES_RESTART_URL",
-        "postgres-restart",
-    )
-    .await;
-}
+/// One test per server: `a_pool_survives_a_server_restart::postgres`, `::mysql`.
+mod a_pool_survives_a_server_restart {
+    use super::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pool_survives_a_server_restart_mysql() {
-    a_pool_survives_a_server_restart(Backend::MySql, "TEST_MYSQL_RESTART_URL", "mariadb-restart")
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        a_pool_survives_a_server_restart(
+            Backend::Postgres,
+            "TEST_POSTGRES_RESTART_URL",
+            "postgres-restart",
+        )
         .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mysql() {
+        a_pool_survives_a_server_restart(
+            Backend::MySql,
+            "TEST_MYSQL_RESTART_URL",
+            "mariadb-restart",
+        )
+        .await;
+    }
 }
 
 /// Eight tasks at once, each setting its own actor's `seen` to `value`.
