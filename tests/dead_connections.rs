@@ -150,19 +150,60 @@ async fn calls_after_losing_connections<F, Fut, T>(
     }
 }
 
-/// Shuts the test-only server `instance` down and starts it again; returns
-/// once it answers.
-fn restart(instance: &str) {
+/// Shuts the test-only server `instance` of `t` down and starts it again;
+/// returns once it answers, having checked that it did restart: PostgreSQL's
+/// start time moved; MariaDB's `MEMORY` table, which a restart empties, is
+/// empty. Each check on a connection of its own.
+async fn restart(t: &TestDb, instance: &str) {
+    let check = Database::connect(t.direct_url.as_str()).await.unwrap();
+    let started = match t.backend {
+        Backend::Postgres => "SELECT CAST(pg_postmaster_start_time() AS TEXT)",
+        _ => {
+            check
+                .execute_unprepared(
+                    "CREATE TABLE IF NOT EXISTS restart_marker (x INT) ENGINE=MEMORY",
+                )
+                .await
+                .unwrap();
+            check
+                .execute_unprepared("INSERT INTO restart_marker VALUES (1)")
+                .await
+                .unwrap();
+            "SELECT CAST(COUNT(*) AS CHAR) FROM restart_marker"
+        }
+    };
+    let read = |db: DatabaseConnection| async move {
+        let text = db
+            .query_one_raw(Statement::from_string(db.get_database_backend(), started))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get_by_index::<String>(0)
+            .unwrap();
+        db.close().await.unwrap();
+        text
+    };
+    let before = read(check).await;
     let script = testkit::workspace_root().join("scripts/test-dbs.sh");
-    let out = std::process::Command::new(script)
-        .args(["restart", instance])
-        .output()
-        .expect("run scripts/test-dbs.sh");
+    let name = instance.to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(script)
+            .args(["restart", &name])
+            .output()
+            .expect("run scripts/test-dbs.sh")
+    })
+    .await
+    .unwrap();
     assert!(
         out.status.success(),
         "restart {instance}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let after = read(Database::connect(t.direct_url.as_str()).await.unwrap()).await;
+    match t.backend {
+        Backend::Postgres => assert_ne!(before, after, "{instance} did not restart"),
+        _ => assert_eq!(after, "0", "{instance} did not restart"),
+    }
 }
 
 /// The server restarts under a live pool with connections open and used:
@@ -184,8 +225,8 @@ async fn a_pool_survives_a_server_restart(backend: Backend, base_var: &str, inst
         .set(&ctx("u-0"), Scope::Conversation, "topic", &json!("weather"))
         .await
         .unwrap();
-    restart(instance);
-    calls_after_losing_connections(&pool, pooler, || async { restart(instance) }).await;
+    restart(&t, instance).await;
+    calls_after_losing_connections(&pool, pooler, || restart(&t, instance)).await;
     pool.close().await.unwrap();
 }
 

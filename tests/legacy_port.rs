@@ -305,10 +305,16 @@ async fn opening_a_batch_is_retried_behind_a_lock(t: TestDb) {
          AND {holder_pid} = ANY(pg_blocking_pids(pid))"
     );
     let mut first_attempt = None;
+    // Bounds a failure only (the port waiting without a lock timeout).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
         assert!(
             !port.is_finished(),
             "the port ended while the lock was held"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no second attempt was seen waiting on the lock"
         );
         match (first_attempt, query_i64(waiting.clone()).await) {
             (None, Some(started)) => first_attempt = Some(started),

@@ -5,11 +5,10 @@
 //! are not JSON) stay as they are and are reported by pipeline uuid.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::IntoDatabaseExecutor;
 use service::legacy::port_in_place;
 
 pub use crate::pipeline_rewrite::PIPELINES_TABLE;
-use crate::pipeline_rewrite::{self, Overlap, Rewrite, RewriteSummary};
+use crate::pipeline_rewrite::{self, Borrowed, Overlap, Rewrite, RewriteSummary};
 use crate::settings;
 
 /// This workspace's table of original configs, for `down`.
@@ -26,7 +25,7 @@ const PORT: Rewrite = Rewrite {
 /// # Errors
 /// A database error; the batches committed before it stay.
 pub async fn port_all<'c>(
-    db: impl IntoDatabaseExecutor<'c>,
+    db: impl Borrowed<'c>,
     batch_size: u64,
     overlap: Overlap,
 ) -> Result<RewriteSummary, DbErr> {
@@ -54,7 +53,7 @@ impl crate::Plan for Migration {
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         port_all(
-            pipeline_rewrite::borrowed(manager.get_connection()),
+            manager.get_connection(),
             settings::batch_size(),
             Overlap::AUTO,
         )

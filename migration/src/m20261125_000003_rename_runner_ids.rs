@@ -531,7 +531,7 @@ impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
         pipeline_rewrite::rewrite_all(
-            pipeline_rewrite::borrowed(db),
+            db,
             &RENAME_CONFIGS,
             settings::batch_size(),
             pipeline_rewrite::Overlap::AUTO,

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{
-    ConnectionTrait, DatabaseExecutor, DatabaseTransaction, DbBackend, IntoDatabaseExecutor,
+    ConnectionTrait, DatabaseConnection, DatabaseExecutor, DatabaseTransaction, DbBackend,
     IsolationLevel, Statement, TransactionSession, TransactionTrait,
 };
 use serde_json::Value;
@@ -276,13 +276,34 @@ impl Overlap {
     }
 }
 
-/// `db`, borrowed: for a migration's `manager.get_connection()` handed to
-/// [`rewrite_all`].
-pub fn borrowed<'a>(db: &'a DatabaseExecutor<'_>) -> DatabaseExecutor<'a> {
-    match db {
-        DatabaseExecutor::Connection(c) => DatabaseExecutor::Connection(c),
-        DatabaseExecutor::Transaction(t) => DatabaseExecutor::Transaction(t),
-        DatabaseExecutor::OwnedTransaction(t) => DatabaseExecutor::Transaction(t),
+/// What [`rewrite_all`] runs on: a pool, a caller's transaction, or a
+/// migration's `manager.get_connection()`, always borrowed. (SeaORM's
+/// `IntoDatabaseExecutor` also takes an owned transaction, which the
+/// rewrite would drop, rolled back, after reporting its rows changed.)
+pub trait Borrowed<'c> {
+    /// The executor, borrowing the caller's.
+    fn executor(self) -> DatabaseExecutor<'c>;
+}
+
+impl<'c> Borrowed<'c> for &'c DatabaseConnection {
+    fn executor(self) -> DatabaseExecutor<'c> {
+        DatabaseExecutor::Connection(self)
+    }
+}
+
+impl<'c> Borrowed<'c> for &'c DatabaseTransaction {
+    fn executor(self) -> DatabaseExecutor<'c> {
+        DatabaseExecutor::Transaction(self)
+    }
+}
+
+impl<'c> Borrowed<'c> for &'c DatabaseExecutor<'_> {
+    fn executor(self) -> DatabaseExecutor<'c> {
+        match self {
+            DatabaseExecutor::Connection(c) => DatabaseExecutor::Connection(c),
+            DatabaseExecutor::Transaction(t) => DatabaseExecutor::Transaction(t),
+            DatabaseExecutor::OwnedTransaction(t) => DatabaseExecutor::Transaction(t),
+        }
     }
 }
 
@@ -310,13 +331,13 @@ struct Opened<T> {
 /// A database error; the batches committed before it stay (with two at
 /// once, the one after it may have committed too).
 pub async fn rewrite_all<'c>(
-    db: impl IntoDatabaseExecutor<'c>,
+    db: impl Borrowed<'c>,
     rewrite: &Rewrite,
     batch_size: u64,
     overlap: Overlap,
 ) -> Result<RewriteSummary, DbErr> {
     use futures_util::StreamExt;
-    let db = &db.into_database_executor();
+    let db = &db.executor();
     let label = rewrite.label;
     let mut summary = RewriteSummary::default();
     if !catalog::table_exists(db, PIPELINES_TABLE).await? {

@@ -166,12 +166,14 @@ fn timestamp(field: &'static str, value: &str) -> Result<NaiveDateTime, LineErro
     })
 }
 
-/// A line as a row, checked by [`check_row`].
+/// A line as a row, checked by [`check_row`] (before its timestamps).
 fn to_model(line: Line) -> Result<Model, LineError> {
-    let model = Model {
+    let created_at = timestamp("created_at", &line.created_at);
+    let updated_at = timestamp("updated_at", &line.updated_at);
+    let mut model = Model {
         id: 0,
-        created_at: timestamp("created_at", &line.created_at)?,
-        updated_at: timestamp("updated_at", &line.updated_at)?,
+        created_at: NaiveDateTime::default(),
+        updated_at: NaiveDateTime::default(),
         runner_id: line.runner_id,
         binding_identity: line.binding_identity,
         scope: line.scope,
@@ -188,6 +190,8 @@ fn to_model(line: Line) -> Result<Model, LineError> {
         subject_id: line.subject_id,
     };
     check_row(&model)?;
+    model.created_at = created_at?;
+    model.updated_at = updated_at?;
     Ok(model)
 }
 
@@ -473,6 +477,19 @@ pub async fn digest<C: ConnectionTrait>(db: &C, seconds: bool) -> Result<(u64, S
     Ok((rows, format!("{:032x}{:032x}", sum[0], sum[1])))
 }
 
+/// [`check_row`] on each row of a page of a copy's source.
+fn check_page(page: &[Model]) -> Result<(), TransferError> {
+    for m in page {
+        check_row(m).map_err(|source| TransferError::SourceRow {
+            id: m.id,
+            scope_key: m.scope_key.clone(),
+            state_key: m.state_key.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
 /// A page of source rows as (row id, row), as a batch is numbered.
 fn numbered(page: Vec<Model>) -> Vec<(usize, Model)> {
     page.into_iter().map(|m| (m.id as usize, m)).collect()
@@ -509,14 +526,7 @@ where
     // same comparison as the writes, rolled back).
     let mut pages = RowPages::new(Condition::all(), BATCH as u64);
     while let Some(page) = pages.next(from).await? {
-        for m in &page {
-            check_row(m).map_err(|source| TransferError::SourceRow {
-                id: m.id,
-                scope_key: m.scope_key.clone(),
-                state_key: m.state_key.clone(),
-                source,
-            })?;
-        }
+        check_page(&page)?;
         if !overwrite {
             let mut batch = numbered(page);
             let mut ignored = ImportSummary::default();
@@ -526,6 +536,8 @@ where
     let mut summary = ImportSummary::default();
     let mut pages = RowPages::new(Condition::all(), BATCH as u64);
     while let Some(page) = pages.next(from).await? {
+        // Again: a row may have changed since the first pass.
+        check_page(&page)?;
         let mut batch = numbered(page);
         summary.lines += batch.len() as u64;
         let txn = crate::connection::begin_writing(to, None).await?;
