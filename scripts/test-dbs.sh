@@ -154,6 +154,8 @@ pg_pid() {
 }
 
 # start_pg NAME PORT HOST [postgres -c options...]
+# A server already running with other options (started by an older copy of
+# this script, say without durable commits) is restarted with these.
 start_pg() {
     local name=$1 port=$2 host=$3; shift 3
     [ -x "$pg_bin/initdb" ] || die "PostgreSQL 15 server binaries not found in $pg_bin"
@@ -171,6 +173,11 @@ start_pg() {
             || { cat "$dir/$name-initdb.log" >&2; die "initdb failed"; }
         mv "$data.new" "$data"
     fi
+    local opts="-p $port -k $run -c listen_addresses=127.0.0.1 -c max_connections=600 $*"
+    if pg_pid "$name" >/dev/null && [ "$(cat "$run/options" 2>/dev/null)" != "$opts" ]; then
+        log "$name runs with other options than these: restarting it"
+        stop_pg "$name"
+    fi
     if pg_pid "$name" >/dev/null; then
         log "$name already running from $data"
     else
@@ -179,9 +186,9 @@ start_pg() {
         rm -f "$data/postmaster.pid" "$run"/.s.PGSQL.*.lock
         port_taken "$port" && die "port $port is taken by another server; set its TESTDB_*_PORT"
         log "starting $name on $host:$port"
-        local opts="-p $port -k $run -c listen_addresses=127.0.0.1 -c max_connections=600 $*"
         as_user postgres "$pg_bin/pg_ctl" -D "$data" -l "$run/pg.log" -w -t 60 start -o "$opts" \
             >/dev/null || { tail -n 30 "$run/pg.log" >&2; die "$name did not start"; }
+        printf '%s' "$opts" >"$run/options"
     fi
 }
 
@@ -293,19 +300,27 @@ start_mariadb_instance() {
             || { cat "$dir/$name-install.log" >&2; die "mariadb-install-db failed"; }
         mv "$data.new" "$data"
     fi
+    local args=(--no-defaults --datadir="$data"
+        --socket="$run/mysqld.sock" --pid-file="$run/mysqld.pid"
+        --port="$port" --bind-address=127.0.0.1 --skip-name-resolve
+        --character-set-server=utf8mb4 --collation-server=utf8mb4_general_ci
+        --max-connections=1000 --log-error="$run/mysql.log" "$@")
+    # A server started with other options (by an older copy of this script)
+    # starts again with these; not a Galera node, whose options differ
+    # between bootstrapping and joining.
+    if [ "${name#galera}" = "$name" ] && mariadb_pid "$name" >/dev/null \
+        && [ "$(cat "$run/options" 2>/dev/null)" != "${args[*]}" ]; then
+        log "$name runs with other options than these: restarting it"
+        stop_mariadb "$name"
+    fi
     if mariadb_pid "$name" >/dev/null; then
         log "$name already running from $data"
     else
         port_taken "$port" && die "port $port is taken by another server; set its TESTDB_*_PORT"
         log "starting $name on 127.0.0.1:$port (utf8mb4_general_ci)"
-        as_user mysql "$mariadbd" --no-defaults --datadir="$data" \
-            --socket="$run/mysqld.sock" --pid-file="$run/mysqld.pid" \
-            --port="$port" --bind-address=127.0.0.1 --skip-name-resolve \
-            --character-set-server=utf8mb4 --collation-server=utf8mb4_general_ci \
-            --max-connections=1000 \
-            --log-error="$run/mysql.log" "$@" \
-            >/dev/null 2>&1 &
+        as_user mysql "$mariadbd" "${args[@]}" >/dev/null 2>&1 &
         disown || true
+        printf '%s' "${args[*]}" >"$run/options"
     fi
     wait_for "$name" my_client "$run/mysqld.sock" -e 'SELECT 1'
 }
