@@ -318,8 +318,8 @@ struct Range {
 type Configs = Vec<(String, Option<String>)>;
 
 /// A batch whose rows are read and locked in its transaction.
-struct Opened<T> {
-    txn: T,
+struct Opened {
+    txn: DatabaseTransaction,
     /// Its rows' range, to read them again if the batch must be redone.
     range: Range,
     configs: Configs,
@@ -424,17 +424,14 @@ pub async fn rewrite_all<'c>(
 /// no rows are left. Opening it again after a transient error (a lock wait
 /// timeout behind LangBot's edit of a pipeline, SQLite busy) is safe:
 /// nothing is written yet.
-async fn open_next<C>(
-    db: &C,
+async fn open_next(
+    db: &DatabaseExecutor<'_>,
     rewrite: &Rewrite,
     target: &Target,
     after: Option<String>,
     batch_size: u64,
     isolation: Option<IsolationLevel>,
-) -> Result<Option<Opened<DatabaseTransaction>>, DbErr>
-where
-    C: ConnectionTrait + TransactionTrait<Transaction = DatabaseTransaction>,
-{
+) -> Result<Option<Opened>, DbErr> {
     let mut attempt = 0;
     loop {
         let range = Range {
@@ -502,16 +499,13 @@ impl Progress {
 
 /// Begins a batch's transaction and reads its rows, locked: those of
 /// `range`, at most `limit`.
-async fn open_batch<C>(
-    db: &C,
+async fn open_batch(
+    db: &DatabaseExecutor<'_>,
     target: &Target,
     range: Range,
     limit: Option<u64>,
     isolation: Option<IsolationLevel>,
-) -> Result<Opened<DatabaseTransaction>, DbErr>
-where
-    C: ConnectionTrait + TransactionTrait<Transaction = DatabaseTransaction>,
-{
+) -> Result<Opened, DbErr> {
     let txn = service::connection::begin_writing(db, isolation).await?;
     let mut sql = format!(
         "SELECT uuid, {} FROM legacy_pipelines WHERE 1 = 1",
@@ -559,16 +553,13 @@ where
 /// a certification conflict with a write on another node, reported at
 /// commit), the whole batch was rolled back: its range is read again and
 /// redone.
-async fn rewrite_opened<C>(
-    db: &C,
+async fn rewrite_opened(
+    db: &DatabaseExecutor<'_>,
     rewrite: &Rewrite,
     target: &Target,
-    batch: Opened<DatabaseTransaction>,
+    batch: Opened,
     isolation: Option<IsolationLevel>,
-) -> Result<RewriteSummary, DbErr>
-where
-    C: ConnectionTrait + TransactionTrait<Transaction = DatabaseTransaction>,
-{
+) -> Result<RewriteSummary, DbErr> {
     let range = batch.range.clone();
     let mut result = finish_batch(rewrite, target, batch).await;
     let mut attempt = 0;
@@ -589,14 +580,11 @@ where
 }
 
 /// Transforms an opened batch's rows, writes them and commits.
-async fn finish_batch<T>(
+async fn finish_batch(
     rewrite: &Rewrite,
     target: &Target,
-    batch: Opened<T>,
-) -> Result<RewriteSummary, DbErr>
-where
-    T: ConnectionTrait + TransactionSession,
-{
+    batch: Opened,
+) -> Result<RewriteSummary, DbErr> {
     let Opened {
         txn, mut configs, ..
     } = batch;
