@@ -252,15 +252,11 @@ struct Job {
 mod sql {
     use sea_orm::{DbBackend, Value};
     use service::store::{get_statement, list_statement, snapshot_statement, upsert_statement};
-    use service::{IdentityColumns, Scope, StateContext};
+    use service::{Scope, StateContext};
 
-    /// The store's statements, as text.
+    /// The store's statements on one backend.
     pub struct Sql {
         pub backend: DbBackend,
-        pub upsert: String,
-        pub get: String,
-        pub list: String,
-        pub snapshot: String,
     }
 
     /// How a statement's result is counted.
@@ -271,32 +267,12 @@ mod sql {
     }
 
     impl Sql {
-        /// The store's SQL on `backend`.
-        pub fn new(backend: DbBackend, sample: &IdentityColumns) -> Self {
-            let now = service::store::now(backend);
-            let [upsert, get, list, snapshot] = [
-                upsert_statement(backend, sample, Scope::Actor, "sk", "k", "1".into(), now),
-                get_statement(backend, "sk", "k"),
-                list_statement(backend, "sk", Some("ns1."), 101),
-                snapshot_statement(backend, Scope::ALL.map(|s| s.as_str())),
-            ]
-            .map(|s| s.sql);
-            Self {
-                backend,
-                upsert,
-                get,
-                list,
-                snapshot,
-            }
-        }
-
         /// The statement, its values and its shape for `op`: the values of
         /// the store's own statement for it.
-        pub fn of(&self, ctx: &StateContext, op: &super::Op) -> (&str, Vec<Value>, Shape) {
+        pub fn of(&self, ctx: &StateContext, op: &super::Op) -> (String, Vec<Value>, Shape) {
             use super::Op;
-            let (text, stmt, shape) = match op {
+            let (stmt, shape) = match op {
                 Op::Set { scope, key, value } => (
-                    &self.upsert,
                     upsert_statement(
                         self.backend,
                         ctx.columns(),
@@ -309,7 +285,6 @@ mod sql {
                     Shape::Exec,
                 ),
                 Op::Get { key } => (
-                    &self.get,
                     get_statement(
                         self.backend,
                         ctx.scope_key(Scope::Conversation).unwrap(),
@@ -318,7 +293,6 @@ mod sql {
                     Shape::Rows,
                 ),
                 Op::List { prefix } => (
-                    &self.list,
                     list_statement(
                         self.backend,
                         ctx.scope_key(Scope::Actor).unwrap(),
@@ -334,15 +308,11 @@ mod sql {
                         .map(|s| ctx.scope_key(*s).unwrap())
                         .collect();
                     keys.sort_unstable();
-                    (
-                        &self.snapshot,
-                        snapshot_statement(self.backend, keys),
-                        Shape::Rows,
-                    )
+                    (snapshot_statement(self.backend, keys), Shape::Rows)
                 }
             };
-            debug_assert_eq!(text, &stmt.sql);
-            (text, stmt.values.map(|v| v.0).unwrap_or_default(), shape)
+            let values = stmt.values.map(|v| v.0).unwrap_or_default();
+            (stmt.sql, values, shape)
         }
     }
 
@@ -542,7 +512,7 @@ impl Worker {
                     DbBackend::Postgres => {
                         sqlx_postgres::run(
                             db.get_postgres_connection_pool(),
-                            text,
+                            &text,
                             values,
                             shape,
                             *pooled,
@@ -552,7 +522,7 @@ impl Worker {
                     DbBackend::MySql => {
                         sqlx_mysql::run(
                             db.get_mysql_connection_pool(),
-                            text,
+                            &text,
                             values,
                             shape,
                             *pooled,
@@ -562,7 +532,7 @@ impl Worker {
                     _ => {
                         sqlx_sqlite::run(
                             db.get_sqlite_connection_pool(),
-                            text,
+                            &text,
                             values,
                             shape,
                             *pooled,
@@ -574,17 +544,17 @@ impl Worker {
             }
             Worker::Postgres(w) => {
                 let (text, values, shape) = sql.of(ctx, op);
-                w.run(text, values, shape).await.map_err(|e| e.to_string())
+                w.run(&text, values, shape).await.map_err(|e| e.to_string())
             }
             Worker::MySql(conn) => {
                 let (text, values, shape) = sql.of(ctx, op);
-                sqlx_mysql::run(&mut *conn, text, values, shape, false)
+                sqlx_mysql::run(&mut *conn, &text, values, shape, false)
                     .await
                     .map_err(|e| e.to_string())
             }
             Worker::SqliteThread(w) => {
                 let (text, values, shape) = sql.of(ctx, op);
-                w.run(text, values, shape).await.map_err(|e| e.to_string())
+                w.run(&text, values, shape).await.map_err(|e| e.to_string())
             }
             Worker::Sqlite(_) => unreachable!("SQLite's fastest driver runs on a blocking thread"),
         }
@@ -700,7 +670,7 @@ impl Bench {
                         let mut errors = 0;
                         for op in &job.ops {
                             let (text, values, shape) = sql.of(&job.ctx, op);
-                            match w.run(text, values, shape) {
+                            match w.run(&text, values, shape) {
                                 Ok(n) => check(op, n),
                                 Err(_) => errors += 1,
                             }
@@ -847,10 +817,9 @@ async fn main() {
         one_connection,
         urls,
         pooled,
-        sql: Arc::new(sql::Sql::new(
-            db_backend,
-            context("sample", "u-1").columns(),
-        )),
+        sql: Arc::new(sql::Sql {
+            backend: db_backend,
+        }),
     };
     let list_ctx = Arc::new(context("c", "c-actor"));
     seed(&db, pooled, &list_ctx).await;
