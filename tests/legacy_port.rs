@@ -133,6 +133,17 @@ fn changed_by_port(rows: &[(String, String)], expected: &[(String, Value)]) -> u
         .count() as u64
 }
 
+/// `n` of [`many_rows`] inserted into LangBot's pipelines table (which
+/// must exist): the rows, what an uninterrupted port leaves, and how many
+/// rows it changes.
+async fn seed(t: &TestDb, n: usize) -> (Vec<(String, String)>, Vec<(String, Value)>, u64) {
+    let rows = many_rows(n);
+    t.insert_pipelines(&rows).await;
+    let expected = expected_after_port(&rows);
+    let changed = changed_by_port(&rows, &expected);
+    (rows, expected, changed)
+}
+
 fn parsed(rows: Vec<(String, String)>) -> Vec<(String, Value)> {
     rows.into_iter()
         .map(|(uuid, text)| {
@@ -148,10 +159,7 @@ fn parsed(rows: Vec<(String, String)>) -> Vec<(String, Value)> {
 async fn every_row_once_at_any_batch_size(t: TestDb) {
     use sea_orm::TransactionTrait;
     t.create_langbot_schema().await;
-    let rows = many_rows(23);
-    t.insert_pipelines(&rows).await;
-    let expected = expected_after_port(&rows);
-    let changed = changed_by_port(&rows, &expected);
+    let (rows, expected, changed) = seed(&t, 23).await;
     assert!(changed > 0 && changed < rows.len() as u64);
     for batch_size in [1, 4, 22, 23, 24] {
         for overlap in [Overlap::SERIAL, Overlap::AUTO] {
@@ -214,10 +222,7 @@ async fn a_batch_that_loses_a_conflict_is_redone(t: TestDb) {
         }
         Backend::Sqlite => unreachable!("run on the servers only"),
     }
-    let rows = many_rows(23);
-    t.insert_pipelines(&rows).await;
-    let expected = expected_after_port(&rows);
-    let changed = changed_by_port(&rows, &expected);
+    let (rows, expected, changed) = seed(&t, 23).await;
     let summary = port_all(&t.db, 4, Overlap::AUTO).await.unwrap();
     assert_eq!(
         (summary.scanned, summary.changed),
@@ -251,10 +256,7 @@ async fn a_batch_that_loses_a_conflict_is_redone(t: TestDb) {
 async fn opening_a_batch_is_retried_behind_a_lock(t: TestDb) {
     use sea_orm::TransactionTrait;
     t.create_langbot_schema().await;
-    let rows = many_rows(23);
-    t.insert_pipelines(&rows).await;
-    let expected = expected_after_port(&rows);
-    let changed = changed_by_port(&rows, &expected);
+    let (rows, expected, changed) = seed(&t, 23).await;
     let query_i64 = |sql: String| {
         let db = &t.db;
         async move {
@@ -359,10 +361,7 @@ const PORT: &str = "m20261125_000002_port_legacy_runner_blocks";
 /// uninterrupted run's, and `down` restores every original.
 async fn killed_and_rerun(t: TestDb) {
     t.create_langbot_schema().await;
-    let rows = many_rows(20_000);
-    t.insert_pipelines(&rows).await;
-    let expected = expected_after_port(&rows);
-    let changed = changed_by_port(&rows, &expected);
+    let (rows, expected, changed) = seed(&t, 20_000).await;
     // The schema first; the killed runs apply the port alone, by name.
     Migrator::up(&t.db, Some(1)).await.unwrap();
     let spawn = |args: &[&str]| t.spawn_migration(200, args);
