@@ -35,6 +35,13 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// A test database of its own, migrated.
+async fn migrated(backend: Backend, hint: &str) -> TestDb {
+    let t = TestDb::create(backend, hint, None).await;
+    Migrator::up(&t.db, None).await.unwrap();
+    t
+}
+
 /// `state-admin copy` from one test database to another, which must
 /// succeed; its JSON summary.
 fn copied(from: &TestDb, to: &TestDb) -> Value {
@@ -247,13 +254,10 @@ on_every_topology!(
 /// each copy ends with a verification of both sides.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_round_trip_across_backends() {
-    let a = TestDb::create(Backend::Sqlite, "copy_a", None).await;
-    let b = TestDb::create(Backend::Postgres, "copy_b", None).await;
-    let c = TestDb::create(Backend::MySql, "copy_c", None).await;
-    let d = TestDb::create(Backend::Sqlite, "copy_d", None).await;
-    for t in [&a, &b, &c, &d] {
-        Migrator::up(&t.db, None).await.unwrap();
-    }
+    let a = migrated(Backend::Sqlite, "copy_a").await;
+    let b = migrated(Backend::Postgres, "copy_b").await;
+    let c = migrated(Backend::MySql, "copy_c").await;
+    let d = migrated(Backend::Sqlite, "copy_d").await;
     let rows = lines(700);
     let out = admin(&["-u", &a.url, "import"], Some(&jsonl(&rows)));
     assert!(out.status.success(), "{}", stderr(&out));
@@ -265,12 +269,9 @@ async fn copy_round_trip_across_backends() {
     assert_eq!(exported(&a.url), exported(&d.url));
     // And the other way round, so every ordered pair of backends is taken:
     // SQLite -> MariaDB -> PostgreSQL -> SQLite.
-    let f = TestDb::create(Backend::MySql, "copy_f", None).await;
-    let g = TestDb::create(Backend::Postgres, "copy_g", None).await;
-    let h = TestDb::create(Backend::Sqlite, "copy_h", None).await;
-    for t in [&f, &g, &h] {
-        Migrator::up(&t.db, None).await.unwrap();
-    }
+    let f = migrated(Backend::MySql, "copy_f").await;
+    let g = migrated(Backend::Postgres, "copy_g").await;
+    let h = migrated(Backend::Sqlite, "copy_h").await;
     for (from, to) in [(&a, &f), (&f, &g), (&g, &h)] {
         copied(from, to);
     }
@@ -292,11 +293,8 @@ async fn copy_round_trip_across_backends() {
 /// conflicting target is refused before anything is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_resumes_after_a_kill_and_refuses_conflicts_first() {
-    let a = TestDb::create(Backend::Sqlite, "copy_kill_a", None).await;
-    let b = TestDb::create(Backend::Postgres, "copy_kill_b", None).await;
-    for t in [&a, &b] {
-        Migrator::up(&t.db, None).await.unwrap();
-    }
+    let a = migrated(Backend::Sqlite, "copy_kill_a").await;
+    let b = migrated(Backend::Postgres, "copy_kill_b").await;
     let rows = lines(8_000);
     let out = admin(&["-u", &a.url, "import"], Some(&jsonl(&rows)));
     assert!(out.status.success(), "{}", stderr(&out));
@@ -342,11 +340,8 @@ async fn copy_resumes_after_a_kill_and_refuses_conflicts_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_checks_every_source_row_before_writing() {
     use sea_orm::ConnectionTrait;
-    let a = TestDb::create(Backend::Sqlite, "copy_check_a", None).await;
-    let b = TestDb::create(Backend::Postgres, "copy_check_b", None).await;
-    for t in [&a, &b] {
-        Migrator::up(&t.db, None).await.unwrap();
-    }
+    let a = migrated(Backend::Sqlite, "copy_check_a").await;
+    let b = migrated(Backend::Postgres, "copy_check_b").await;
     let out = admin(&["-u", &a.url, "import"], Some(&jsonl(&lines(600))));
     assert!(out.status.success(), "{}", stderr(&out));
     let oversized = format!("\"{}\"", "é".repeat(140_000));
