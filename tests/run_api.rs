@@ -9,9 +9,9 @@ use std::time::Duration;
 use migration::{Migrator, MigratorTrait};
 use serde_json::json;
 use service::run::{RunRegistry, RunSession, RunStateError, StateCall};
-use service::store::{StateContext, StateStore};
+use service::store::StateContext;
 use service::{Actor, Binding, Event, IdentityColumns, Scope, StatePolicy};
-use testkit::{Backend, TestDb, on_every_backend, with_snapshots};
+use testkit::{Backend, TestDb, on_every_store_topology, with_snapshots};
 
 const RUNNER: &str = "plugin:langbot/local-agent/default";
 const PLUGIN: &str = "langbot/local-agent";
@@ -65,7 +65,7 @@ async fn sqlite() -> TestDb {
 #[tokio::test]
 async fn checks_run_in_order_with_their_messages() {
     let t = sqlite().await;
-    let db = &t.db;
+    let db = t.store();
     let registry = RunRegistry::default();
     registry.register(session("run-1", &event("c-1")));
     let mut no_state = session("no-state", &event("c-1"));
@@ -219,7 +219,7 @@ async fn checks_run_in_order_with_their_messages() {
 #[tokio::test]
 async fn runs_are_isolated() {
     let t = sqlite().await;
-    let db = &t.db;
+    let db = t.store();
     let registry = RunRegistry::default();
     registry.register(session("run-a", &event("conv-a")));
     registry.register(session("run-b", &event("conv-b")));
@@ -307,20 +307,20 @@ async fn ended_and_expired_sessions_are_gone() {
     assert!(registry.end("ends"));
     assert!(!registry.end("ends"));
     let err = registry
-        .get(&t.db, call("ends", "actor", "k"))
+        .get(t.store(), call("ends", "actor", "k"))
         .await
         .unwrap_err();
     assert_eq!(err.to_string(), "Run session ends not found or expired");
     assert!(
         registry
-            .get(&t.db, call("expires", "actor", "k"))
+            .get(t.store(), call("expires", "actor", "k"))
             .await
             .is_ok()
     );
     let registry = RunRegistry::new(Duration::ZERO);
     registry.register(session("expires", &event("c")));
     let err = registry
-        .get(&t.db, call("expires", "actor", "k"))
+        .get(t.store(), call("expires", "actor", "k"))
         .await
         .unwrap_err();
     assert_eq!(err.to_string(), "Run session expires not found or expired");
@@ -358,7 +358,7 @@ async fn happy_path(t: TestDb) {
     let s = session("run-1", &event("conv-1"));
     let context = s.context.clone();
     registry.register(s);
-    let db = &t.db;
+    let db = t.store();
     registry
         .set(db, call("run-1", "conversation", "a.1"), &json!({"n": 1}))
         .await
@@ -399,7 +399,7 @@ async fn happy_path(t: TestDb) {
     );
 
     // The rows are the run's own, under its scope keys.
-    let store = StateStore::new(db);
+    let store = db;
     assert_eq!(
         store
             .get(&context, Scope::Conversation, "a.2")
@@ -431,4 +431,4 @@ async fn happy_path(t: TestDb) {
     assert_eq!(rows, expected);
 }
 
-on_every_backend!(happy_path);
+on_every_store_topology!(happy_path);

@@ -173,15 +173,15 @@ fn oracle(
 
 async fn perform(
     registry: &RunRegistry,
-    db: &sea_orm::DatabaseConnection,
+    store: service::StateStore<'_, sea_orm::DatabaseConnection>,
     op: Op,
     call: StateCall<'_>,
 ) -> Result<(), RunStateError> {
     match op {
-        Op::Get => registry.get(db, call).await.map(|_| ()),
-        Op::Set => registry.set(db, call, &json!({"v": 1})).await,
-        Op::Delete => registry.delete(db, call).await.map(|_| ()),
-        Op::List => registry.list(db, call, None, None).await.map(|_| ()),
+        Op::Get => registry.get(store, call).await.map(|_| ()),
+        Op::Set => registry.set(store, call, &json!({"v": 1})).await,
+        Op::Delete => registry.delete(store, call).await.map(|_| ()),
+        Op::List => registry.list(store, call, None, None).await.map(|_| ()),
     }
 }
 
@@ -269,7 +269,7 @@ async fn every_branch_decides_as_the_spec_says() {
                                         caller_plugin_identity: caller,
                                     };
                                     let want = oracle(op, run, scope, key, caller, v);
-                                    let got = perform(registry, &t.db, op, call)
+                                    let got = perform(registry, t.store(), op, call)
                                         .await
                                         .map_err(|e| e.to_string());
                                     cases += 1;
@@ -327,7 +327,7 @@ async fn an_empty_plugin_identity_counts_as_none_on_every_check() {
         assert_eq!(
             msg(perform(
                 &r,
-                &t.db,
+                t.store(),
                 Op::Get,
                 call(Some("run-1"), "conversation", None)
             )
@@ -338,7 +338,7 @@ async fn an_empty_plugin_identity_counts_as_none_on_every_check() {
         assert_eq!(
             msg(perform(
                 &r,
-                &t.db,
+                t.store(),
                 Op::Get,
                 call(Some("run-x"), "conversation", Some("k"))
             )
@@ -349,7 +349,7 @@ async fn an_empty_plugin_identity_counts_as_none_on_every_check() {
         assert_eq!(
             msg(perform(
                 &r,
-                &t.db,
+                t.store(),
                 Op::Set,
                 call(Some("run-1"), "conversation", Some("k"))
             )
@@ -365,7 +365,7 @@ async fn an_empty_plugin_identity_counts_as_none_on_every_check() {
         assert_eq!(
             msg(perform(
                 &r4,
-                &t.db,
+                t.store(),
                 Op::Get,
                 call(Some("run-1"), "conversation", Some("k"))
             )
@@ -380,7 +380,7 @@ async fn an_empty_plugin_identity_counts_as_none_on_every_check() {
         assert_eq!(
             msg(perform(
                 &r5,
-                &t.db,
+                t.store(),
                 Op::Get,
                 call(Some("run-1"), "conversation", Some("k"))
             )
@@ -389,14 +389,20 @@ async fn an_empty_plugin_identity_counts_as_none_on_every_check() {
         );
         // 6. the scope must still be enabled.
         assert_eq!(
-            msg(perform(&r, &t.db, Op::Get, call(Some("run-1"), "runner", Some("k"))).await),
+            msg(perform(
+                &r,
+                t.store(),
+                Op::Get,
+                call(Some("run-1"), "runner", Some("k"))
+            )
+            .await),
             Err("Scope \"runner\" is not enabled by binding policy".into())
         );
         // 7. the run must still have a key for it.
         assert_eq!(
             msg(perform(
                 &r,
-                &t.db,
+                t.store(),
                 Op::Get,
                 call(Some("run-1"), "subject", Some("k"))
             )
@@ -441,7 +447,7 @@ mod langbot_state_api_auth {
     }
 
     async fn get_error(r: &RunRegistry, t: &TestDb, c: StateCall<'_>) -> String {
-        r.get(&t.db, c).await.unwrap_err().to_string()
+        r.get(t.store(), c).await.unwrap_err().to_string()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -575,27 +581,35 @@ mod langbot_state_api_auth {
         ));
         let c = |key| call(Some("run_full_flow"), "conversation", key, Some(OWNER));
         r.set(
-            &t.db,
+            t.store(),
             c(Some("external.test_key")),
             &json!({"data": "test_value"}),
         )
         .await
         .unwrap();
         assert_eq!(
-            r.get(&t.db, c(Some("external.test_key"))).await.unwrap(),
+            r.get(t.store(), c(Some("external.test_key")))
+                .await
+                .unwrap(),
             Some(json!({"data": "test_value"}))
         );
         let page = r
-            .list(&t.db, c(None), Some("external."), None)
+            .list(t.store(), c(None), Some("external."), None)
             .await
             .unwrap();
         assert!(
             page.keys.contains(&"external.test_key".to_owned()),
             "{page:?}"
         );
-        assert!(r.delete(&t.db, c(Some("external.test_key"))).await.unwrap());
+        assert!(
+            r.delete(t.store(), c(Some("external.test_key")))
+                .await
+                .unwrap()
+        );
         assert_eq!(
-            r.get(&t.db, c(Some("external.test_key"))).await.unwrap(),
+            r.get(t.store(), c(Some("external.test_key")))
+                .await
+                .unwrap(),
             None
         );
         assert!(r.end("run_full_flow"));
@@ -632,7 +646,7 @@ mod langbot_state_api_auth {
             },
         ));
         r.set(
-            &t.db,
+            t.store(),
             call(
                 Some("run_context_top_level"),
                 "conversation",
@@ -685,7 +699,7 @@ mod langbot_handler_auth {
         let r = RunRegistry::default();
         r.register(owned("run_identity_match"));
         assert_eq!(
-            r.get(&t.db, call("run_identity_match", Some(OWNER)))
+            r.get(t.store(), call("run_identity_match", Some(OWNER)))
                 .await
                 .unwrap(),
             None
@@ -699,7 +713,7 @@ mod langbot_handler_auth {
         let r = RunRegistry::default();
         r.register(owned("run_identity_mismatch"));
         let err = r
-            .get(&t.db, call("run_identity_mismatch", Some(OTHER)))
+            .get(t.store(), call("run_identity_mismatch", Some(OTHER)))
             .await
             .unwrap_err();
         assert!(
@@ -715,7 +729,7 @@ mod langbot_handler_auth {
         let r = RunRegistry::default();
         r.register(owned("run_no_caller_identity"));
         let err = r
-            .get(&t.db, call("run_no_caller_identity", None))
+            .get(t.store(), call("run_no_caller_identity", None))
             .await
             .unwrap_err();
         assert!(
@@ -734,7 +748,7 @@ mod langbot_handler_auth {
         assert!(r.end("run_unregister_test"));
         assert!(r.session("run_unregister_test").is_none());
         let err = r
-            .get(&t.db, call("run_unregister_test", Some(OWNER)))
+            .get(t.store(), call("run_unregister_test", Some(OWNER)))
             .await
             .unwrap_err();
         assert!(matches!(err, RunStateError::SessionNotFound(_)), "{err}");

@@ -11,7 +11,7 @@ use sea_orm::TransactionTrait;
 use serde_json::{Value, json};
 use service::store::{MAX_VALUE_BYTES, StateContext, StateStore};
 use service::{Actor, Binding, Event, IdentityColumns, Scope, StateError, StatePolicy, Subject};
-use testkit::{TestDb, on_every_topology, with_snapshots};
+use testkit::{TestDb, on_every_store_topology, with_snapshots};
 
 const RUNNER: &str = "plugin:test/runner/default";
 
@@ -469,13 +469,13 @@ async fn langbot_rows_read_back(t: TestDb) {
 
 async fn concurrent_sets_never_fail(t: TestDb) {
     migrated(&t).await;
-    let db = Arc::new(t.db.clone());
+    let t = Arc::new(t);
     let c = Arc::new(ctx());
     let mut tasks = Vec::new();
     for task in 0..32 {
-        let (db, c) = (db.clone(), c.clone());
+        let (t, c) = (t.clone(), c.clone());
         tasks.push(tokio::spawn(async move {
-            let store = StateStore::new(&*db);
+            let store = t.store();
             let mut errors = Vec::new();
             for i in 0..200 {
                 let key = format!("shared-{}", (task * 7 + i) % 50);
@@ -603,8 +603,11 @@ async fn delete_list_limits_and_alias(t: TestDb) {
 async fn works_inside_the_callers_transaction(t: TestDb) {
     migrated(&t).await;
     let c = ctx();
+    // Inline SQLite connections are not the transaction's: given one, the
+    // store still writes in the transaction.
     let txn = t.db.begin().await.unwrap();
     StateStore::new(&txn)
+        .inline_sqlite(t.inline.as_ref())
         .set(&c, Scope::Actor, "k", &json!(1))
         .await
         .unwrap();
@@ -623,7 +626,7 @@ async fn works_inside_the_callers_transaction(t: TestDb) {
     );
 }
 
-on_every_topology!(
+on_every_store_topology!(
     uniform_semantics,
     big_values_round_trip_byte_for_byte,
     invalid_text_is_refused_before_sql,

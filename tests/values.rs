@@ -12,7 +12,7 @@ use service::value::{MAX_VALUE_DEPTH, ValueError, decode};
 use service::{
     Actor, Binding, Event, IdentityColumns, Scope, StateContext, StateError, StatePolicy,
 };
-use testkit::{SplitMix64, TestDb, on_every_topology};
+use testkit::{SplitMix64, TestDb, on_every_store_topology};
 
 fn ctx() -> StateContext {
     let event = Event {
@@ -401,7 +401,7 @@ async fn unrepresentable_values_are_typed_errors(t: TestDb) {
     }
 }
 
-on_every_topology!(
+on_every_store_topology!(
     python_texts_read_back_exactly,
     random_values_round_trip,
     unrepresentable_values_are_typed_errors,

@@ -17,6 +17,9 @@
 use std::time::Duration;
 
 use sea_orm::sqlx;
+
+use crate::inline_sqlite::InlineSqlite;
+use crate::store::StateStore;
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
@@ -110,6 +113,10 @@ pub enum ConnectError {
     /// database...).
     #[error("{0}")]
     Driver(#[source] sqlx::Error),
+    /// SQLite could not open the file for the store's inline connections
+    /// ([`InlineSqlite`](crate::inline_sqlite::InlineSqlite)).
+    #[error("SQLite could not open the database file: {0}")]
+    Sqlite(#[source] rusqlite::Error),
     /// The server answered the probe, but the pool could not open.
     #[error("the connection pool could not open")]
     Pool(#[source] DbErr),
@@ -344,6 +351,61 @@ pub fn read_only_connect_options(url: &str) -> Result<ConnectOptions, ConnectErr
 pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     let opts = connect_options(url).map_err(|e| DbErr::Custom(e.to_string()))?;
     Database::connect(opts).await
+}
+
+/// What a service that embeds the store keeps: the pool from [`connect`],
+/// and what its URL says the store needs on it: the [`Pooler`] in front,
+/// and on a SQLite file the [`InlineSqlite`] connections that run the
+/// store's statements in the calling thread (see the top-level README's
+/// "Connection settings"). Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct StoreConnection {
+    db: DatabaseConnection,
+    pooler: Pooler,
+    inline: Option<InlineSqlite>,
+}
+
+impl StoreConnection {
+    /// Connects to `url` with [`connect_options`].
+    ///
+    /// # Errors
+    /// A bad URL, a pool that cannot open (the server unreachable, bad
+    /// credentials), or a SQLite file that cannot be opened.
+    pub async fn open(url: &str) -> Result<Self, ConnectError> {
+        let pooler = DbUrl::parse(url)?.pooler();
+        let db = Database::connect(connect_options(url)?)
+            .await
+            .map_err(ConnectError::Pool)?;
+        // After the pool, which creates the file when the URL says so.
+        let inline = InlineSqlite::open(url)?;
+        Ok(Self { db, pooler, inline })
+    }
+
+    /// The state store, set up for this connection.
+    pub fn store(&self) -> StateStore<'_, DatabaseConnection> {
+        StateStore::new(&self.db)
+            .pooled(self.pooler)
+            .inline_sqlite(self.inline.as_ref())
+    }
+
+    /// The pool: for migrations, the caller's transactions, `admin`.
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// The inline SQLite connections, on a SQLite file.
+    pub fn inline_sqlite(&self) -> Option<&InlineSqlite> {
+        self.inline.as_ref()
+    }
+
+    /// Closes the pool; the inline connections close as the last clone
+    /// goes.
+    ///
+    /// # Errors
+    /// As [`DatabaseConnection::close`].
+    pub async fn close(self) -> Result<(), DbErr> {
+        self.db.close().await
+    }
 }
 
 /// Begins a transaction that writes. On SQLite, `BEGIN IMMEDIATE`: it

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod connection;
 pub mod error;
 pub mod identity;
+pub mod inline_sqlite;
 pub mod legacy;
 #[cfg(feature = "logging")]
 pub mod logging;

@@ -5,6 +5,8 @@
 //! host. A call names a run, a scope and a key, never a scope key, so a
 //! runner can only ever touch the state of its own run. Each call passes
 //! seven checks, in the order of SPEC section 5, before the store is asked.
+//! The host passes the store each call goes to, set up as its connection
+//! needs ([`StateStore::pooled`], [`StateStore::inline_sqlite`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -220,14 +222,12 @@ impl RunRegistry {
     /// The first failed check, or the store's error.
     pub async fn get<C: ConnectionTrait + 'static>(
         &self,
-        db: &C,
+        store: StateStore<'_, C>,
         call: StateCall<'_>,
     ) -> Result<Option<Value>, RunStateError> {
         let (session, scope) = self.authorize(&call, "get", true)?;
         let key = call.key.unwrap_or_default();
-        Ok(StateStore::new(db)
-            .get(&session.context, scope, key)
-            .await?)
+        Ok(store.get(&session.context, scope, key).await?)
     }
 
     /// A run's `state.set`.
@@ -236,15 +236,13 @@ impl RunRegistry {
     /// The first failed check, or the store's error.
     pub async fn set<C: ConnectionTrait + 'static>(
         &self,
-        db: &C,
+        store: StateStore<'_, C>,
         call: StateCall<'_>,
         value: &Value,
     ) -> Result<(), RunStateError> {
         let (session, scope) = self.authorize(&call, "set", true)?;
         let key = call.key.unwrap_or_default();
-        Ok(StateStore::new(db)
-            .set(&session.context, scope, key, value)
-            .await?)
+        Ok(store.set(&session.context, scope, key, value).await?)
     }
 
     /// A run's `state.delete`.
@@ -253,14 +251,12 @@ impl RunRegistry {
     /// The first failed check, or the store's error.
     pub async fn delete<C: ConnectionTrait + 'static>(
         &self,
-        db: &C,
+        store: StateStore<'_, C>,
         call: StateCall<'_>,
     ) -> Result<bool, RunStateError> {
         let (session, scope) = self.authorize(&call, "delete", true)?;
         let key = call.key.unwrap_or_default();
-        Ok(StateStore::new(db)
-            .delete(&session.context, scope, key)
-            .await?)
+        Ok(store.delete(&session.context, scope, key).await?)
     }
 
     /// A run's `state.list` (the call's `key` is ignored).
@@ -269,14 +265,12 @@ impl RunRegistry {
     /// The first failed check, or the store's error.
     pub async fn list<C: ConnectionTrait + 'static>(
         &self,
-        db: &C,
+        store: StateStore<'_, C>,
         call: StateCall<'_>,
         prefix: Option<&str>,
         limit: Option<i64>,
     ) -> Result<KeyPage, RunStateError> {
         let (session, scope) = self.authorize(&call, "list", false)?;
-        Ok(StateStore::new(db)
-            .list(&session.context, scope, prefix, limit)
-            .await?)
+        Ok(store.list(&session.context, scope, prefix, limit).await?)
     }
 }

@@ -23,6 +23,7 @@ use serde_json::Value;
 
 use crate::error::{Result, StateError};
 use crate::identity::{IdentityColumns, Scope};
+use crate::inline_sqlite::InlineSqlite;
 use crate::policy::StatePolicy;
 use crate::value::{self, ValueError};
 
@@ -88,12 +89,22 @@ pub type StateSnapshot = BTreeMap<Scope, BTreeMap<String, Value>>;
 /// The state store over any SeaORM connection: a pool, or the caller's
 /// transaction (then nothing is retried: a deadlock on MySQL rolls the whole
 /// transaction back, which only the caller can redo).
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub struct StateStore<'c, C> {
     db: &'c C,
     retry: bool,
     pooled: bool,
+    inline: Option<&'c InlineSqlite>,
 }
+
+// By hand: derived, they would ask `C` to be `Copy` too.
+impl<C> Clone for StateStore<'_, C> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<C> Copy for StateStore<'_, C> {}
 
 impl<'c, C> StateStore<'c, C>
 where
@@ -106,7 +117,19 @@ where
             db,
             retry: !in_transaction,
             pooled: false,
+            inline: None,
         }
+    }
+
+    /// The same store with its statements run by SQLite in the calling
+    /// thread ([`InlineSqlite`], on the same file as `db`), not on sqlx's
+    /// worker threads. Only a store on a [`DatabaseConnection`] (a pool)
+    /// uses it: in the caller's transaction, statements go on the
+    /// transaction's connection. `None` changes nothing.
+    pub fn inline_sqlite(mut self, inline: Option<&'c InlineSqlite>) -> Self {
+        let on_pool = (self.db as &dyn std::any::Any).is::<sea_orm::DatabaseConnection>();
+        self.inline = inline.filter(|_| on_pool);
+        self
     }
 
     /// The same store for a connection through a transaction pooler
@@ -133,6 +156,9 @@ where
 
     /// Runs a statement that returns no rows.
     async fn exec(&self, stmt: Statement) -> Result<u64, DbErr> {
+        if let Some(inline) = self.inline {
+            return inline.execute(&stmt).await;
+        }
         match self.simple_protocol_pool() {
             Some(pool) => sea_orm::sqlx::raw_sql(sea_orm::sqlx::AssertSqlSafe(stmt.to_string()))
                 .execute(pool)
@@ -149,6 +175,9 @@ where
         stmt: Statement,
         columns: usize,
     ) -> Result<Vec<Vec<Option<String>>>, DbErr> {
+        if let Some(inline) = self.inline {
+            return inline.query_texts(&stmt, columns).await;
+        }
         match self.simple_protocol_pool() {
             Some(pool) => {
                 use sea_orm::sqlx::Row;

@@ -75,6 +75,10 @@ pub enum Topology {
     /// node): the code under test uses node 1; [`TestDb::node_urls`] names
     /// every node.
     Galera,
+    /// SQLite with the store's statements on
+    /// [`InlineSqlite`](service::inline_sqlite::InlineSqlite), as services
+    /// are advised to run it ([`TestDb::store`]).
+    Inline,
 }
 
 impl Topology {
@@ -113,6 +117,8 @@ pub struct TestDb {
     /// uses ([`store`](Self::store)); the same pool as `db` unless a pooler
     /// sits in between.
     pub app_db: DatabaseConnection,
+    /// On [`Topology::Inline`], the store's inline connections to the file.
+    pub inline: Option<service::inline_sqlite::InlineSqlite>,
     cleanup: Cleanup,
 }
 
@@ -257,6 +263,11 @@ impl TestDb {
                 .await
                 .unwrap_or_else(|e| panic!("connect {direct_url}: {e}"))
         };
+        let inline = (topology == Topology::Inline).then(|| {
+            service::inline_sqlite::InlineSqlite::open(&url)
+                .unwrap_or_else(|e| panic!("inline SQLite on {url}: {e}"))
+                .expect("a SQLite file has inline connections")
+        });
         Self {
             backend,
             topology,
@@ -264,6 +275,7 @@ impl TestDb {
             direct_url,
             db,
             app_db,
+            inline,
             cleanup,
         }
     }
@@ -294,7 +306,9 @@ impl TestDb {
 
     /// The state store on [`app_db`](Self::app_db), set for the topology.
     pub fn store(&self) -> service::StateStore<'_, DatabaseConnection> {
-        service::StateStore::new(&self.app_db).pooled(self.pooler())
+        service::StateStore::new(&self.app_db)
+            .pooled(self.pooler())
+            .inline_sqlite(self.inline.as_ref())
     }
 
     /// A connection without the pooler in between, for setting up (running
@@ -655,6 +669,29 @@ macro_rules! __topology_tests {
             .await
         }
     };
+}
+
+/// As [`on_every_topology!`], and also on SQLite with the store's inline
+/// connections (`name::sqlite_inline`, [`Topology::Inline`]): for scenarios
+/// about the store, which [`TestDb::store`] sets up for each.
+#[macro_export]
+macro_rules! on_every_store_topology {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            $crate::__backend_tests!($scenario);
+            $crate::__topology_tests!($scenario);
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite_inline() {
+                $crate::run_on_topology(
+                    $crate::Backend::Sqlite,
+                    $crate::Topology::Inline,
+                    stringify!($scenario),
+                    super::$scenario,
+                )
+                .await
+            }
+        }
+    )*};
 }
 
 /// Expands each `async fn name(db: TestDb)` into one test on the 3-node

@@ -1,0 +1,276 @@
+//! The store's inline SQLite connections (`service::inline_sqlite`) where
+//! they differ from the pool: a locked database is waited for on a blocking
+//! thread, checkpoints run there too, and what they cannot serve they say.
+//! The conformance suites run every store scenario on them as well
+//! (`::sqlite_inline`, `testkit::on_every_store_topology!`).
+
+use std::time::{Duration, Instant};
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{ConnectionTrait, Statement};
+use serde_json::json;
+use service::connection::{ConnectError, StoreConnection, begin_writing};
+use service::inline_sqlite::InlineSqlite;
+use service::{Scope, StateError};
+use testkit::{Backend, TestDb, Topology};
+
+const RUNNER: &str = "plugin:langbot/local-agent/default";
+
+async fn migrated(hint: &str) -> TestDb {
+    let t = TestDb::on(Backend::Sqlite, Topology::Inline, hint)
+        .await
+        .expect("SQLite is always selected here (the test name ends in ::sqlite_inline)");
+    Migrator::up(&t.db, None).await.unwrap();
+    t
+}
+
+fn inline(t: &TestDb) -> &InlineSqlite {
+    t.inline.as_ref().expect("the inline topology has them")
+}
+
+/// Polls `done` until it holds: a bound for a failure, never a pause that
+/// stands in for progress.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+mod a_locked_database_is_waited_for_off_the_async_thread {
+    use super::*;
+
+    /// Another connection holds SQLite's write lock: the inline set finds
+    /// the database locked, goes to a blocking thread to wait, and lands
+    /// once the lock is released; both writes are kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_inline() {
+        let t = migrated("inline_locked").await;
+        let ctx = testkit::user_context(RUNNER, "c-1", "u-1");
+        let blocker = begin_writing(&t.db, None).await.unwrap();
+        let blocked = StateStore::new(&blocker);
+        blocked
+            .set(&ctx, Scope::Actor, "held", &json!("by the transaction"))
+            .await
+            .unwrap();
+
+        let t = std::sync::Arc::new(t);
+        let waiting = {
+            let (t, ctx) = (t.clone(), ctx.clone());
+            tokio::spawn(async move {
+                t.store()
+                    .set(&ctx, Scope::Actor, "waited", &json!("inline"))
+                    .await
+            })
+        };
+        until("the inline set waits for the lock, or returns", || {
+            inline(&t).stats().waited_for_lock >= 1 || waiting.is_finished()
+        })
+        .await;
+        assert!(
+            !waiting.is_finished(),
+            "it returned while the lock was held: {:?}",
+            waiting.await
+        );
+        blocker.commit().await.unwrap();
+        waiting.await.unwrap().unwrap();
+
+        let store = t.store();
+        assert_eq!(
+            store.get(&ctx, Scope::Actor, "held").await.unwrap(),
+            Some(json!("by the transaction"))
+        );
+        assert_eq!(
+            store.get(&ctx, Scope::Actor, "waited").await.unwrap(),
+            Some(json!("inline"))
+        );
+    }
+
+    use service::StateStore;
+}
+
+mod commits_past_the_mark_checkpoint_off_the_async_thread {
+    use super::*;
+
+    /// Inline connections have SQLite's automatic checkpoint off; a commit
+    /// past 1,000 log pages starts one on a blocking thread, which copies
+    /// the log into the database file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_inline() {
+        let t = migrated("inline_checkpoint").await;
+        let ctx = testkit::user_context(RUNNER, "c-1", "u-1");
+        let store = t.store();
+        let file = inline(&t).path().to_owned();
+        let before = std::fs::metadata(&file).unwrap().len();
+        // 40 values of 200,000 bytes: some 2,000 pages of log.
+        let big = "x".repeat(200_000);
+        for i in 0..40 {
+            store
+                .set(&ctx, Scope::Actor, &format!("big-{i}"), &json!(big))
+                .await
+                .unwrap();
+        }
+        until("a checkpoint finishes", || {
+            inline(&t).stats().checkpoints >= 1
+        })
+        .await;
+        let after = std::fs::metadata(&file).unwrap().len();
+        assert!(
+            after >= before + 4_000_000,
+            "the database file grew from {before} to only {after} bytes"
+        );
+        assert_eq!(
+            store.get(&ctx, Scope::Actor, "big-39").await.unwrap(),
+            Some(json!(big))
+        );
+    }
+}
+
+mod errors_keep_sqlites_words {
+    use super::*;
+
+    /// A store statement that fails inline is the store's database error,
+    /// with SQLite's code and text.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_inline() {
+        let t = TestDb::on(Backend::Sqlite, Topology::Inline, "inline_errors")
+            .await
+            .unwrap();
+        let ctx = testkit::user_context(RUNNER, "c-1", "u-1");
+        // No table yet.
+        let err = t.store().get(&ctx, Scope::Actor, "k").await.unwrap_err();
+        assert!(matches!(err, StateError::Db(_)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "database error: Query Error: SQLite error 1: no such table: agent_runner_state"
+        );
+        let err = t
+            .store()
+            .set(&ctx, Scope::Actor, "k", &json!(1))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("SQLite error 1: no such table: agent_runner_state"),
+            "{err}"
+        );
+    }
+}
+
+mod open_says_what_it_cannot_serve {
+    use super::*;
+
+    /// `None` where the store must stay on the pool; an error, keeping
+    /// SQLite's, where the file cannot be opened; read-only as the URL says.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_inline() {
+        for url in [
+            "postgres://u@localhost/db",
+            "mysql://u@localhost/db",
+            "sqlite::memory:",
+            "sqlite://x.db?mode=memory",
+            "sqlite://x.db?cache=shared",
+            "sqlite://x.db?immutable=1",
+            "sqlite://x.db?vfs=unix-dotfile",
+        ] {
+            assert!(InlineSqlite::open(url).unwrap().is_none(), "{url}");
+        }
+        assert!(matches!(
+            InlineSqlite::open("nonsense"),
+            Err(ConnectError::BadUrl(_))
+        ));
+        let missing =
+            std::env::temp_dir().join(format!("inline-missing-{}.db", std::process::id()));
+        let err =
+            InlineSqlite::open(&format!("sqlite://{}?mode=rw", missing.display())).unwrap_err();
+        assert!(matches!(err, ConnectError::Sqlite(_)), "{err:?}");
+        assert!(
+            std::error::Error::source(&err).is_some(),
+            "the cause is kept: {err}"
+        );
+        assert!(!missing.exists(), "opening created the file");
+
+        // Read-only: reads are served, writes refused.
+        let t = migrated("inline_read_only").await;
+        let ctx = testkit::user_context(RUNNER, "c-1", "u-1");
+        t.store()
+            .set(&ctx, Scope::Actor, "k", &json!(1))
+            .await
+            .unwrap();
+        let path = inline(&t).path().display().to_string();
+        let ro = StoreConnection::open(&format!("sqlite://{path}?mode=ro"))
+            .await
+            .unwrap();
+        assert!(ro.inline_sqlite().is_some());
+        assert_eq!(
+            ro.store().get(&ctx, Scope::Actor, "k").await.unwrap(),
+            Some(json!(1))
+        );
+        let err = ro
+            .store()
+            .set(&ctx, Scope::Actor, "k", &json!(2))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("readonly"), "{err}");
+        ro.close().await.unwrap();
+        assert_eq!(
+            t.store().get(&ctx, Scope::Actor, "k").await.unwrap(),
+            Some(json!(1))
+        );
+    }
+}
+
+mod store_connection_sets_up_the_store {
+    use super::*;
+
+    /// `StoreConnection` gives a SQLite file inline connections, and the
+    /// store it builds sends its statements there: a set that meets the
+    /// write lock is counted as their wait, and lands in the file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_inline() {
+        let t = migrated("inline_store_connection").await;
+        let conn = StoreConnection::open(&t.url).await.unwrap();
+        let inline = conn.inline_sqlite().expect("a SQLite file");
+        assert_eq!(inline.path(), self::inline(&t).path());
+        let ctx = testkit::user_context(RUNNER, "c-1", "u-1");
+        // Hold the write lock: only an inline statement counts a wait.
+        let blocker = begin_writing(&t.db, None).await.unwrap();
+        blocker
+            .execute_raw(Statement::from_string(
+                sea_orm::DbBackend::Sqlite,
+                "DELETE FROM agent_runner_state",
+            ))
+            .await
+            .unwrap();
+        let set = {
+            let conn = conn.clone();
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                conn.store()
+                    .set(&ctx, Scope::Actor, "k", &json!("via StoreConnection"))
+                    .await
+            })
+        };
+        until(
+            "the store's set waits on the inline connections, or returns",
+            || conn.inline_sqlite().unwrap().stats().waited_for_lock >= 1 || set.is_finished(),
+        )
+        .await;
+        assert!(
+            !set.is_finished(),
+            "it returned while the lock was held: {:?}",
+            set.await
+        );
+        blocker.commit().await.unwrap();
+        set.await.unwrap().unwrap();
+        assert_eq!(
+            t.store().get(&ctx, Scope::Actor, "k").await.unwrap(),
+            Some(json!("via StoreConnection"))
+        );
+        conn.close().await.unwrap();
+    }
+}
