@@ -2,20 +2,18 @@
 //! the fastest Rust driver for that backend, all in the same run on the same
 //! database:
 //!
-//! * `store`: `StateStore` on a pool opened with the recommended settings
-//!   (`service::connection::connect`; for e_concurrent's 32 tasks on a
-//!   server, one of 34 connections);
+//! * `store`: `StateStore` as the recommended settings set it up
+//!   (`service::connection::StoreConnection`: the pool of `connect`, for
+//!   e_concurrent's 32 tasks on a server one of 34 connections; on SQLite
+//!   the inline connections, `service::inline_sqlite`);
 //! * `fastest`: the store's own SQL text and values with no ORM and no
 //!   checks, through tokio-postgres (prepared statements), a plain sqlx
 //!   `MySqlConnection`, or rusqlite (prepared, cached; each task a blocking
 //!   thread): one connection per task;
 //! * `sqlx_pool`: the same SQL through the sqlx pool under SeaORM, so that
 //!   the pool's own cost shows apart from the ORM's;
-//! * `store_one_connection` (SQLite only): the store on a pool of one
-//!   connection, SeaORM's default for SQLite, beside the recommended two;
-//! * `rusqlite_thread` (SQLite only): rusqlite on a dedicated thread per
-//!   connection, one message per statement: what a rusqlite-backed store
-//!   would cost;
+//! * `store_on_sqlx` (SQLite only): the store without its inline
+//!   connections, every statement on the sqlx pool;
 //! * with `--langbot <git dir>`: LangBot's own store
 //!   (`bench/langbot/langbot_store.py`), one task, in every run.
 //!
@@ -40,6 +38,7 @@ use clap::Parser;
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{DatabaseConnection, DbBackend};
 use serde_json::{Value, json};
+use service::inline_sqlite::InlineSqlite;
 use service::{
     Actor, Binding, Event, IdentityColumns, Scope, StateContext, StatePolicy, StateStore,
 };
@@ -143,21 +142,16 @@ enum Driver {
     Store,
     Fastest,
     SqlxPool,
-    /// SQLite only: rusqlite on a dedicated thread per connection, each
-    /// statement sent to it and its rows sent back in one message: what a
-    /// rusqlite-backed store would cost (issue 19's evaluation).
-    RusqliteThread,
-    /// SQLite only: the store on a pool of one connection (SeaORM's
-    /// default), to weigh the recommended pool of two in the same run.
-    StoreOneConnection,
+    /// SQLite only: the store without its inline connections, to weigh
+    /// them in the same run.
+    StoreOnSqlx,
 }
 
 impl Driver {
     fn all(backend: DbBackend) -> Vec<Self> {
         let mut all = vec![Self::Store, Self::Fastest, Self::SqlxPool];
         if backend == DbBackend::Sqlite {
-            all.push(Self::RusqliteThread);
-            all.push(Self::StoreOneConnection);
+            all.push(Self::StoreOnSqlx);
         }
         all
     }
@@ -167,47 +161,8 @@ impl Driver {
             Self::Store => "store",
             Self::Fastest => "fastest",
             Self::SqlxPool => "sqlx_pool",
-            Self::RusqliteThread => "rusqlite_thread",
-            Self::StoreOneConnection => "store_one_connection",
+            Self::StoreOnSqlx => "store_on_sqlx",
         }
-    }
-}
-
-/// A statement for a [`SqliteThread`], and where its answer goes.
-type SqliteJob = (
-    String,
-    Vec<sea_orm::Value>,
-    sql::Shape,
-    tokio::sync::oneshot::Sender<rusqlite::Result<usize>>,
-);
-
-/// One rusqlite connection on a thread of its own, fed one statement at a
-/// time over a channel.
-struct SqliteThread(std::sync::mpsc::Sender<SqliteJob>);
-
-impl SqliteThread {
-    fn open(url: &str) -> Self {
-        let (tx, rx) = std::sync::mpsc::channel::<SqliteJob>();
-        let mut worker = SqliteWorker::open(url);
-        std::thread::spawn(move || {
-            for (sql, values, shape, reply) in rx {
-                let _ = reply.send(worker.run(&sql, values, shape));
-            }
-        });
-        Self(tx)
-    }
-
-    async fn run(
-        &self,
-        sql: &str,
-        values: Vec<sea_orm::Value>,
-        shape: sql::Shape,
-    ) -> rusqlite::Result<usize> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.0
-            .send((sql.to_owned(), values, shape, reply))
-            .expect("the SQLite thread runs");
-        answer.await.expect("the SQLite thread answers")
     }
 }
 
@@ -493,19 +448,20 @@ impl SqliteWorker {
 
 /// One task's way to the database.
 enum Worker {
-    Store(Arc<DatabaseConnection>, bool),
+    Store(Arc<DatabaseConnection>, bool, Option<Arc<InlineSqlite>>),
     SqlxPool(Arc<DatabaseConnection>, bool),
     Postgres(PgWorker),
     MySql(sea_orm::sqlx::MySqlConnection),
     Sqlite(SqliteWorker),
-    SqliteThread(SqliteThread),
 }
 
 impl Worker {
     /// Rows the call saw (0 for writes), or its error as text.
     async fn call(&mut self, sql: &sql::Sql, ctx: &StateContext, op: &Op) -> Result<usize, String> {
         match self {
-            Worker::Store(db, pooled) => store_call(db, *pooled, ctx, op).await,
+            Worker::Store(db, pooled, inline) => {
+                store_call(db, *pooled, inline.as_deref(), ctx, op).await
+            }
             Worker::SqlxPool(db, pooled) => {
                 let (text, values, shape) = sql.of(ctx, op);
                 let result = match db.get_database_backend() {
@@ -552,10 +508,6 @@ impl Worker {
                     .await
                     .map_err(|e| e.to_string())
             }
-            Worker::SqliteThread(w) => {
-                let (text, values, shape) = sql.of(ctx, op);
-                w.run(&text, values, shape).await.map_err(|e| e.to_string())
-            }
             Worker::Sqlite(_) => unreachable!("SQLite's fastest driver runs on a blocking thread"),
         }
     }
@@ -564,6 +516,7 @@ impl Worker {
 async fn store_call(
     db: &DatabaseConnection,
     pooled: bool,
+    inline: Option<&InlineSqlite>,
     ctx: &StateContext,
     op: &Op,
 ) -> Result<usize, String> {
@@ -572,7 +525,7 @@ async fn store_call(
     } else {
         service::connection::Pooler::None
     };
-    let store = StateStore::new(db).pooled(pooler);
+    let store = StateStore::new(db).pooled(pooler).inline_sqlite(inline);
     let result = match op {
         Op::Set { scope, key, value } => store.set(ctx, *scope, key, value).await.map(|()| 0),
         Op::Get { key } => store
@@ -599,8 +552,8 @@ struct Bench {
     pools: Vec<Arc<DatabaseConnection>>,
     /// A pool per node for e_concurrent's tasks.
     wide_pools: Vec<Arc<DatabaseConnection>>,
-    /// SQLite: a pool of one connection to the same file.
-    one_connection: Option<Arc<DatabaseConnection>>,
+    /// SQLite: the store's inline connections to the file.
+    inline: Option<Arc<InlineSqlite>>,
     /// The test database's URL on each node.
     urls: Vec<String>,
     pooled: bool,
@@ -623,14 +576,11 @@ impl Bench {
             &self.pools
         };
         match (driver, self.backend) {
-            (Driver::Store, _) => Worker::Store(pools[node].clone(), self.pooled),
+            (Driver::Store, _) => {
+                Worker::Store(pools[node].clone(), self.pooled, self.inline.clone())
+            }
+            (Driver::StoreOnSqlx, _) => Worker::Store(pools[node].clone(), self.pooled, None),
             (Driver::SqlxPool, _) => Worker::SqlxPool(pools[node].clone(), self.pooled),
-            (Driver::StoreOneConnection, _) => Worker::Store(
-                self.one_connection
-                    .clone()
-                    .expect("SQLite has a one-connection pool"),
-                self.pooled,
-            ),
             (Driver::Fastest, DbBackend::Postgres) => {
                 Worker::Postgres(PgWorker::connect(&self.urls[node], self.pooled).await)
             }
@@ -644,9 +594,6 @@ impl Bench {
                 )
             }
             (Driver::Fastest, _) => Worker::Sqlite(SqliteWorker::open(&self.urls[node])),
-            (Driver::RusqliteThread, _) => {
-                Worker::SqliteThread(SqliteThread::open(&self.urls[node]))
-            }
         }
     }
 
@@ -731,7 +678,7 @@ async fn seed(db: &DatabaseConnection, pooled: bool, ctx: &StateContext) {
             key: format!("ns{}.{:03}", k % 10, k / 10),
             value: value(k, 0),
         };
-        store_call(db, pooled, ctx, &op).await.unwrap();
+        store_call(db, pooled, None, ctx, &op).await.unwrap();
     }
 }
 
@@ -744,7 +691,7 @@ async fn seed_snapshot(db: &DatabaseConnection, pooled: bool, ctx: &StateContext
                 key: format!("k{k}"),
                 value: value(k, 0),
             };
-            store_call(db, pooled, ctx, &op).await.unwrap();
+            store_call(db, pooled, None, ctx, &op).await.unwrap();
         }
     }
 }
@@ -802,19 +749,11 @@ async fn main() {
         Migrator::up(&*db, None).await.unwrap();
     }
     let db_backend = db.get_database_backend();
-    let one_connection = match db_backend {
-        DbBackend::Sqlite => {
-            let mut options = service::connection::connect_options(&urls[0]).unwrap();
-            options.max_connections(1).min_connections(1);
-            Some(Arc::new(sea_orm::Database::connect(options).await.unwrap()))
-        }
-        _ => None,
-    };
     let bench = Bench {
         backend: db_backend,
         pools,
         wide_pools,
-        one_connection,
+        inline: InlineSqlite::open(&urls[0]).unwrap().map(Arc::new),
         urls,
         pooled,
         sql: Arc::new(sql::Sql {
@@ -916,6 +855,7 @@ async fn main() {
             let rows = store_call(
                 &db,
                 pooled,
+                None,
                 &ctx,
                 &Op::List {
                     prefix: "shared-".into(),
@@ -951,12 +891,9 @@ async fn main() {
         medians(Driver::Fastest),
         medians(Driver::SqlxPool),
     );
-    let rusqlite_thread = figures
-        .contains_key(&Driver::RusqliteThread)
-        .then(|| medians(Driver::RusqliteThread));
-    let store_one_connection = figures
-        .contains_key(&Driver::StoreOneConnection)
-        .then(|| medians(Driver::StoreOneConnection));
+    let store_on_sqlx = figures
+        .contains_key(&Driver::StoreOnSqlx)
+        .then(|| medians(Driver::StoreOnSqlx));
     let ratio = |to: &BTreeMap<String, f64>| -> BTreeMap<String, f64> {
         store
             .iter()
@@ -985,8 +922,7 @@ async fn main() {
             "ratio_to_fastest": ratio(&fastest),
             "sqlx_pool_ops_per_s": pool,
             "ratio_to_sqlx_pool": ratio(&pool),
-            "rusqlite_thread_ops_per_s": rusqlite_thread,
-            "store_one_connection_ops_per_s": store_one_connection,
+            "store_on_sqlx_ops_per_s": store_on_sqlx,
             "e_errors": e_errors,
             "e_final_rows": e_rows,
             "langbot_ref": args.langbot.as_ref().map(|_| &args.langbot_ref),
