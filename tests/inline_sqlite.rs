@@ -274,3 +274,28 @@ mod store_connection_sets_up_the_store {
         conn.close().await.unwrap();
     }
 }
+
+mod a_store_on_a_server_leaves_inline_connections_alone {
+    use super::*;
+
+    /// Inline connections given to a store on another backend are not
+    /// used: its statements go to its server.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        let Some(t) = TestDb::new(Backend::Postgres, "inline_on_a_server").await else {
+            panic!("left out by TEST_BACKENDS but not filtered out");
+        };
+        Migrator::up(&t.db, None).await.unwrap();
+        // A SQLite file without the table: a statement sent there fails.
+        let sqlite = TestDb::on(Backend::Sqlite, Topology::Inline, "inline_unused")
+            .await
+            .unwrap();
+        let store = service::StateStore::new(&t.db).inline_sqlite(sqlite.inline.as_ref());
+        let ctx = testkit::user_context(RUNNER, "c-1", "u-1");
+        store.set(&ctx, Scope::Actor, "k", &json!(1)).await.unwrap();
+        assert_eq!(
+            store.get(&ctx, Scope::Actor, "k").await.unwrap(),
+            Some(json!(1))
+        );
+    }
+}

@@ -123,11 +123,12 @@ where
 
     /// The same store with its statements run by SQLite in the calling
     /// thread ([`InlineSqlite`], on the same file as `db`), not on sqlx's
-    /// worker threads. Only a store on a [`DatabaseConnection`] (a pool)
-    /// uses it: in the caller's transaction, statements go on the
+    /// worker threads. Only a store on a SQLite [`DatabaseConnection`] (a
+    /// pool) uses it: in the caller's transaction, statements go on the
     /// transaction's connection. `None` changes nothing.
     pub fn inline_sqlite(mut self, inline: Option<&'c InlineSqlite>) -> Self {
-        let on_pool = (self.db as &dyn std::any::Any).is::<sea_orm::DatabaseConnection>();
+        let on_pool = (self.db as &dyn std::any::Any).is::<sea_orm::DatabaseConnection>()
+            && self.db.get_database_backend() == DbBackend::Sqlite;
         self.inline = inline.filter(|_| on_pool);
         self
     }
