@@ -377,7 +377,7 @@ impl StoreConnection {
             .await
             .map_err(ConnectError::Pool)?;
         // After the pool, which creates the file when the URL says so.
-        let inline = InlineSqlite::open(url)?;
+        let inline = InlineSqlite::open(url).await?;
         Ok(Self { db, pooler, inline })
     }
 

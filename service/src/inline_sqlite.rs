@@ -6,28 +6,39 @@
 //! statement, which cost more than the statement itself (a `get` by unique
 //! key takes SQLite a few microseconds). Here the store's own statements
 //! (upsert, get, list, snapshot, delete) go to a rusqlite connection on the
-//! same file, in the calling thread, and never wait there:
+//! same file, in the calling thread, and never wait there for anything but
+//! SQLite's own work:
 //!
-//! * **no lock waits on the async thread**: these connections have no busy
-//!   timeout, so a statement that finds the database locked (another writer)
-//!   fails at once with `SQLITE_BUSY` and nothing done; it then runs again on
-//!   a blocking thread ([`tokio::task::spawn_blocking`]) with the usual
-//!   [`SQLITE_BUSY_TIMEOUT`]. In WAL mode readers never wait for a writer;
-//! * **no checkpoints on the async thread**: SQLite's automatic checkpoint
-//!   (copying the write-ahead log into the database file, with an `fsync`)
-//!   runs in whichever commit crosses 1,000 log pages. Here it is off, and a
-//!   commit that crosses that mark starts the same checkpoint on a blocking
-//!   thread after it;
-//! * nothing else changes: the same file, WAL mode, `synchronous=NORMAL`,
-//!   foreign keys on, the same SQL text and values (timestamps as the text
-//!   sqlx writes), each statement its own transaction as on the pool.
+//! * **no lock waits**: these connections have no busy timeout, so a
+//!   statement that finds the database locked (another writer) fails at once
+//!   with `SQLITE_BUSY`, having done nothing; it then runs again on a
+//!   blocking thread ([`tokio::task::spawn_blocking`]) with the pool's
+//!   [`SQLITE_BUSY_TIMEOUT`]. In WAL mode readers do not wait for a writer;
+//! * **no `fsync`**: with `synchronous=NORMAL` a WAL-mode commit does not
+//!   sync; SQLite syncs in a checkpoint (copying the log into the database
+//!   file), which its automatic checkpoint runs in whichever commit crosses
+//!   1,000 log pages, and in the first commit after a complete checkpoint
+//!   (it restarts the log, and syncs its header). Here the automatic
+//!   checkpoint is off: a commit past the mark starts the same checkpoint on
+//!   a blocking thread, and the write after a complete one goes to a
+//!   blocking thread too;
+//! * **no opening or closing**: connections are opened on a blocking thread,
+//!   at most [`MAX_CONNECTIONS`] (a caller past that waits for one without
+//!   holding a thread), and closed there;
+//! * nothing else changes: only a file in WAL mode is served, with
+//!   `synchronous=NORMAL` and foreign keys on; the same SQL text and values
+//!   (timestamps as the text sqlx writes); each statement its own
+//!   transaction, as on the pool; SQLite's errors as sqlx reports them (a
+//!   [`DbErr`] holding an `sqlx::Error::Database` with SQLite's extended
+//!   code and message), so retries and `DbErr::sql_err` see the same.
 //!
 //! Everything else (migrations, the caller's transactions, `state-admin`)
 //! stays on the SeaORM connection; a store in the caller's transaction does
 //! not use this.
 
+use std::borrow::Cow;
 use std::cell::Cell;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,8 +46,10 @@ use std::time::Duration;
 
 use rusqlite::hooks::Wal;
 use rusqlite::{ErrorCode, OpenFlags};
+use sea_orm::sqlx::error::{DatabaseError, ErrorKind};
 use sea_orm::sqlx::sqlite::SqliteConnectOptions;
 use sea_orm::{DbBackend, DbErr, RuntimeErr, Statement};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::connection::{ConnectError, DbUrl, SQLITE_BUSY_TIMEOUT};
 
@@ -44,17 +57,13 @@ use crate::connection::{ConnectError, DbUrl, SQLITE_BUSY_TIMEOUT};
 /// own default for its automatic one.
 const CHECKPOINT_PAGES: i32 = 1000;
 
-/// Idle connections kept; more are opened when more tasks run statements at
-/// once, and closed when they come back to a full list.
-const MAX_IDLE: usize = 8;
+/// Connections open at most: enough for every runtime thread and for
+/// writers waiting for SQLite's one write lock; more callers wait for one.
+pub const MAX_CONNECTIONS: usize = 8;
 
 /// Statements each connection keeps prepared: the store has about ten
 /// shapes.
 const PREPARED_STATEMENTS: usize = 32;
-
-/// Times a statement that ran into another connection's newer write
-/// (`SQLITE_BUSY_SNAPSHOT`, which no busy timeout waits out) is run again.
-const SNAPSHOT_RETRIES: u32 = 8;
 
 thread_local! {
     /// Log pages after the last commit on this thread, from the WAL hook:
@@ -86,8 +95,13 @@ struct Inner {
     path: PathBuf,
     flags: OpenFlags,
     idle: Mutex<Vec<rusqlite::Connection>>,
+    /// One per connection that may be open.
+    permits: Arc<Semaphore>,
     /// A checkpoint is running: commits past the mark meanwhile start none.
     checkpointing: AtomicBool,
+    /// A checkpoint copied the whole log: the next write restarts it, and
+    /// syncs its header, so it goes to a blocking thread.
+    log_restart: AtomicBool,
     stats: Counters,
 }
 
@@ -108,43 +122,26 @@ pub struct InlineSqliteStats {
     pub checkpoints: u64,
 }
 
-/// Why a statement failed on an inline connection: SQLite's error, as
-/// [`DbErr::Exec`] or [`DbErr::Query`] with its text and extended code
-/// (rusqlite's error has no place in SeaORM's).
-fn db_err(query: bool, e: &rusqlite::Error) -> DbErr {
-    match e.sqlite_error() {
-        Some(s) => failed(query, format!("SQLite error {}: {e}", s.extended_code)),
-        None => failed(query, format!("SQLite: {e}")),
-    }
-}
-
-fn failed(query: bool, text: String) -> DbErr {
-    if query {
-        DbErr::Query(RuntimeErr::Internal(text))
-    } else {
-        DbErr::Exec(RuntimeErr::Internal(text))
-    }
-}
-
-fn is_busy(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
-    )
-}
+/// A statement's work on a connection: its SQL text and values in, its
+/// result out.
+type Work<T> = dyn Fn(&rusqlite::Connection, &str, &[rusqlite::types::Value]) -> rusqlite::Result<T>
+    + Send
+    + Sync;
 
 impl InlineSqlite {
-    /// For the database `url` names, when it is a SQLite file; `None` for
-    /// any other database, an in-memory one or a shared cache (whose
-    /// connections lock tables against each other), and for `immutable` or
-    /// another `vfs`: the store then stays on its SeaORM connection. Opens
-    /// one connection now, so that a file that cannot be opened says so
-    /// here. `mode=ro` opens read-only; the file is never created here
-    /// (connect the pool first).
+    /// For the database `url` names, when it is a SQLite file in WAL mode
+    /// (as [`connect`](crate::connection::connect) leaves it); `None` for
+    /// any other database, an in-memory or temporary one, a shared cache
+    /// (whose connections lock tables against each other), a file in
+    /// another journal mode, and for `immutable` or another `vfs`: the store
+    /// then stays on its SeaORM connection. Opens one connection now, on a
+    /// blocking thread, so that a file that cannot be opened says so here;
+    /// never creates the file (connect the pool first). `mode=ro` opens
+    /// read-only.
     ///
     /// # Errors
     /// A bad URL, or SQLite cannot open the file.
-    pub fn open(url: &str) -> Result<Option<Self>, ConnectError> {
+    pub async fn open(url: &str) -> Result<Option<Self>, ConnectError> {
         let url = DbUrl::parse(url)?;
         if url.backend() != DbBackend::Sqlite || url.sqlite_shared_cache() {
             return Ok(None);
@@ -159,27 +156,44 @@ impl InlineSqlite {
             }
         }
         let options = SqliteConnectOptions::from_str(url.as_str()).map_err(ConnectError::Driver)?;
+        let path = options.get_filename().to_owned();
+        if path.as_os_str().is_empty() {
+            // SQLite gives each connection a temporary database of its own.
+            return Ok(None);
+        }
         let flags = if read_only {
             OpenFlags::SQLITE_OPEN_READ_ONLY
         } else {
             OpenFlags::SQLITE_OPEN_READ_WRITE
         } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let inner = Inner {
-            path: options.get_filename().to_owned(),
-            flags,
-            idle: Mutex::new(Vec::new()),
-            checkpointing: AtomicBool::new(false),
-            stats: Counters::default(),
-        };
-        let first = inner.connect().map_err(ConnectError::Sqlite)?;
-        inner.put_back(first);
-        Ok(Some(Self {
-            inner: Arc::new(inner),
-        }))
+        tokio::task::spawn_blocking(move || {
+            let first = connect(&path, flags)?;
+            let mode: String = first.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                return Ok(None);
+            }
+            // Later connections open this very file, whatever the working
+            // folder is then.
+            let path = std::fs::canonicalize(&path).unwrap_or(path);
+            Ok(Some(Self {
+                inner: Arc::new(Inner {
+                    path,
+                    flags,
+                    idle: Mutex::new(vec![first]),
+                    permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+                    checkpointing: AtomicBool::new(false),
+                    log_restart: AtomicBool::new(false),
+                    stats: Counters::default(),
+                }),
+            }))
+        })
+        .await
+        .map_err(|e| ConnectError::Pool(DbErr::Custom(joined(e))))?
+        .map_err(ConnectError::Sqlite)
     }
 
-    /// The file, as the URL named it.
-    pub fn path(&self) -> &std::path::Path {
+    /// The file.
+    pub fn path(&self) -> &Path {
         &self.inner.path
     }
 
@@ -193,12 +207,16 @@ impl InlineSqlite {
 
     /// Runs a statement that returns no rows; the rows it changed.
     pub(crate) async fn execute(&self, stmt: &Statement) -> Result<u64, DbErr> {
-        self.run(stmt, false, |conn, sql, params| {
-            let changed = conn
-                .prepare_cached(sql)?
-                .execute(rusqlite::params_from_iter(params))?;
-            Ok(changed as u64)
-        })
+        self.run(
+            stmt,
+            false,
+            Arc::new(|conn, sql, params| {
+                let changed = conn
+                    .prepare_cached(sql)?
+                    .execute(rusqlite::params_from_iter(params))?;
+                Ok(changed as u64)
+            }),
+        )
         .await
     }
 
@@ -208,148 +226,276 @@ impl InlineSqlite {
         stmt: &Statement,
         columns: usize,
     ) -> Result<Vec<Vec<Option<String>>>, DbErr> {
-        self.run(stmt, true, move |conn, sql, params| {
-            let mut prepared = conn.prepare_cached(sql)?;
-            let mut rows = prepared.query(rusqlite::params_from_iter(params))?;
-            let mut texts = Vec::new();
-            while let Some(row) = rows.next()? {
-                texts.push(
-                    (0..columns)
-                        .map(|i| row.get::<_, Option<String>>(i))
-                        .collect::<rusqlite::Result<_>>()?,
-                );
-            }
-            Ok(texts)
-        })
+        self.run(
+            stmt,
+            true,
+            Arc::new(move |conn, sql, params| {
+                let mut prepared = conn.prepare_cached(sql)?;
+                let mut rows = prepared.query(rusqlite::params_from_iter(params))?;
+                let mut texts = Vec::new();
+                while let Some(row) = rows.next()? {
+                    texts.push(
+                        (0..columns)
+                            .map(|i| row.get::<_, Option<String>>(i))
+                            .collect::<rusqlite::Result<_>>()?,
+                    );
+                }
+                Ok(texts)
+            }),
+        )
         .await
     }
 
-    /// Runs `op` on an idle connection in this thread; when the database
-    /// is locked, again on a blocking thread that waits for the lock.
-    async fn run<T, F>(&self, stmt: &Statement, query: bool, op: F) -> Result<T, DbErr>
-    where
-        T: Send + 'static,
-        F: Fn(&rusqlite::Connection, &str, &[rusqlite::types::Value]) -> rusqlite::Result<T>
-            + Send
-            + 'static,
-    {
-        let params = params(stmt)
-            .map_err(|e| failed(query, format!("the inline SQLite path cannot bind {e}")))?;
-        let conn = self.inner.take().map_err(|e| db_err(query, &e))?;
-        match attempt(&conn, &stmt.sql, &params, &op) {
-            (Err(e), _) if is_busy(&e) => {
-                self.inner.stats.waited.fetch_add(1, Ordering::Relaxed);
-                let inner = self.inner.clone();
-                let sql = stmt.sql.clone();
-                tokio::task::spawn_blocking(move || {
-                    let result = wait_and_run(&conn, &sql, &params, &op);
-                    inner.finish(conn, WAL_PAGES.replace(0) >= CHECKPOINT_PAGES, false);
-                    result
-                })
-                .await
-                .map_err(|e| failed(query, format!("the SQLite thread failed: {e}")))?
-                .map_err(|e| db_err(query, &e))
+    /// Runs `work` on an idle connection in this thread; on a blocking
+    /// thread when the database is locked, when a connection must be
+    /// opened, or when the write would restart the log.
+    async fn run<T: Send + 'static>(
+        &self,
+        stmt: &Statement,
+        query: bool,
+        work: Arc<Work<T>>,
+    ) -> Result<T, DbErr> {
+        let to_db_err = |e| {
+            if query {
+                DbErr::Query(e)
+            } else {
+                DbErr::Exec(e)
             }
-            (result, pages) => {
-                self.inner.finish(conn, pages >= CHECKPOINT_PAGES, true);
-                result.map_err(|e| db_err(query, &e))
+        };
+        let params = params(stmt).map_err(|e| {
+            to_db_err(RuntimeErr::Internal(format!(
+                "the inline SQLite connections cannot bind {e}"
+            )))
+        })?;
+        let permit = self
+            .inner
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let idle = self
+            .inner
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
+        let restart = !query && self.inner.log_restart.swap(false, Ordering::AcqRel);
+        let conn = match idle {
+            Some(conn) if !restart => {
+                WAL_PAGES.set(0);
+                match work(&conn, &stmt.sql, &params) {
+                    Err(e) if is_busy(&e) => {
+                        self.inner.stats.waited.fetch_add(1, Ordering::Relaxed);
+                        Some(conn)
+                    }
+                    result => {
+                        self.inner.finish(conn, WAL_PAGES.replace(0), permit);
+                        return result.map_err(|e| to_db_err(runtime_err(e)));
+                    }
+                }
             }
-        }
+            other => other,
+        };
+        let inner = self.inner.clone();
+        let sql = stmt.sql.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = match conn {
+                Some(conn) => conn,
+                None => connect(&inner.path, inner.flags)?,
+            };
+            conn.busy_timeout(SQLITE_BUSY_TIMEOUT)?;
+            WAL_PAGES.set(0);
+            let result = work(&conn, &sql, &params);
+            let pages = WAL_PAGES.replace(0);
+            conn.busy_timeout(Duration::ZERO)?;
+            inner.finish(conn, pages, permit);
+            result
+        })
+        .await
+        .map_err(|e| to_db_err(RuntimeErr::Internal(joined(e))))?
+        .map_err(|e| to_db_err(runtime_err(e)))
     }
 }
 
-/// One try of `op`, and the log pages its commit left (0 if none).
-fn attempt<T>(
-    conn: &rusqlite::Connection,
-    sql: &str,
-    params: &[rusqlite::types::Value],
-    op: &impl Fn(&rusqlite::Connection, &str, &[rusqlite::types::Value]) -> rusqlite::Result<T>,
-) -> (rusqlite::Result<T>, i32) {
-    WAL_PAGES.set(0);
-    let result = op(conn, sql, params);
-    (result, WAL_PAGES.replace(0))
+/// Why a blocking thread's work did not come back: its panic goes on in
+/// the caller; a task the runtime cancelled as it shut down is an error.
+fn joined(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(panic) => std::panic::resume_unwind(panic),
+        Err(e) => format!("the SQLite work on a blocking thread did not finish: {e}"),
+    }
 }
 
-/// `op` with the busy timeout on, on a blocking thread; again when it ran
-/// into a newer snapshot, which the timeout does not wait out.
-fn wait_and_run<T>(
-    conn: &rusqlite::Connection,
-    sql: &str,
-    params: &[rusqlite::types::Value],
-    op: &impl Fn(&rusqlite::Connection, &str, &[rusqlite::types::Value]) -> rusqlite::Result<T>,
-) -> rusqlite::Result<T> {
+/// Opens a connection as the store uses it (on a blocking thread: opening
+/// reads the schema, and may wait for a lock while it does).
+fn connect(path: &Path, flags: OpenFlags) -> rusqlite::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(SQLITE_BUSY_TIMEOUT)?;
-    let mut tries = 0;
-    let result = loop {
-        WAL_PAGES.set(0);
-        match op(conn, sql, params) {
-            Err(e) if is_busy(&e) && tries < SNAPSHOT_RETRIES => tries += 1,
-            other => break other,
-        }
-    };
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    // SQLite's automatic checkpoint is a WAL hook of its own, which this
+    // one replaces: off, said out loud.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    conn.wal_hook(Some(record_wal_pages));
+    conn.set_prepared_statement_cache_capacity(PREPARED_STATEMENTS);
     conn.busy_timeout(Duration::ZERO)?;
-    result
+    Ok(conn)
 }
 
 impl Inner {
-    fn connect(&self) -> rusqlite::Result<rusqlite::Connection> {
-        let conn = rusqlite::Connection::open_with_flags(&self.path, self.flags)?;
-        conn.busy_timeout(Duration::ZERO)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "foreign_keys", true)?;
-        // SQLite's automatic checkpoint is a WAL hook of its own, which
-        // this one replaces: off, said out loud.
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        conn.wal_hook(Some(record_wal_pages));
-        conn.set_prepared_statement_cache_capacity(PREPARED_STATEMENTS);
-        Ok(conn)
-    }
-
-    fn take(&self) -> rusqlite::Result<rusqlite::Connection> {
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        match idle {
-            Some(conn) => Ok(conn),
-            None => self.connect(),
+    /// Returns `conn` to the idle list, after a checkpoint (on a blocking
+    /// thread) when its commit left the log past the mark; its permit goes
+    /// with it.
+    fn finish(
+        self: &Arc<Self>,
+        conn: rusqlite::Connection,
+        pages: i32,
+        permit: OwnedSemaphorePermit,
+    ) {
+        if pages < CHECKPOINT_PAGES || self.checkpointing.swap(true, Ordering::AcqRel) {
+            return self.put_back(conn, permit);
         }
-    }
-
-    fn put_back(&self, conn: rusqlite::Connection) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE {
-            idle.push(conn);
-        }
-    }
-
-    /// Returns `conn` to the idle list, after a checkpoint when its commit
-    /// crossed the mark: on a blocking thread when called on an async one.
-    fn finish(self: &Arc<Self>, conn: rusqlite::Connection, checkpoint: bool, on_async: bool) {
-        if !checkpoint || self.checkpointing.swap(true, Ordering::AcqRel) {
-            return self.put_back(conn);
-        }
-        let run = {
-            let inner = self.clone();
-            move || {
-                // PASSIVE, as SQLite's automatic one: copies what no reader
-                // still needs and waits for no one; a later commit past the
-                // mark starts another for the rest.
-                match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    Ok(()) => {
-                        inner.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
-                    }
-                    // Another connection (the pool's) is checkpointing.
-                    Err(e) if is_busy(&e) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "SQLite checkpoint failed; a later commit tries again");
+        let inner = self.clone();
+        let checkpoint = move || {
+            // Clears the flag even if this thread never gets to run it.
+            let running = Running(&inner.checkpointing);
+            // PASSIVE, as SQLite's automatic one: copies what no reader
+            // still needs and waits for no one; a later commit past the
+            // mark starts another for the rest.
+            match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            }) {
+                Ok((busy, log, copied)) => {
+                    inner.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+                    if busy == 0 && log == copied {
+                        inner.log_restart.store(true, Ordering::Release);
                     }
                 }
-                inner.checkpointing.store(false, Ordering::Release);
-                inner.put_back(conn);
+                // Another connection (the pool's, LangBot's) checkpoints.
+                Err(e) if is_busy(&e) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "SQLite checkpoint failed; a later commit tries again");
+                }
             }
+            drop(running);
+            inner.put_back(conn, permit);
         };
-        if on_async {
-            drop(tokio::task::spawn_blocking(run));
-        } else {
-            run();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(checkpoint)),
+            Err(_) => checkpoint(),
+        }
+    }
+
+    fn put_back(&self, conn: rusqlite::Connection, permit: OwnedSemaphorePermit) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(conn);
+        drop(permit);
+    }
+}
+
+/// Sets a flag back to false when dropped.
+struct Running<'a>(&'a AtomicBool);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+impl Drop for Inner {
+    /// Closes the connections on a blocking thread: the last connection to
+    /// a file checkpoints the whole log as it closes.
+    fn drop(&mut self) {
+        let idle = std::mem::take(self.idle.get_mut().unwrap_or_else(|e| e.into_inner()));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            drop(runtime.spawn_blocking(move || drop(idle)));
+        }
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
+/// rusqlite's error as sqlx reports the same: SQLite's own as
+/// `sqlx::Error::Database` (extended code, message), a cell that is not
+/// text as `ColumnDecode`.
+fn runtime_err(e: rusqlite::Error) -> RuntimeErr {
+    let sqlx = match e {
+        rusqlite::Error::SqliteFailure(code, message) => {
+            sea_orm::sqlx::Error::Database(Box::new(SqliteError {
+                code: code.extended_code,
+                message: message.unwrap_or_else(|| code.to_string()),
+            }))
+        }
+        rusqlite::Error::InvalidColumnType(index, ..)
+        | rusqlite::Error::FromSqlConversionFailure(index, ..)
+        | rusqlite::Error::Utf8Error(index, _) => sea_orm::sqlx::Error::ColumnDecode {
+            index: format!("{index:?}"),
+            source: Box::new(e),
+        },
+        other => return RuntimeErr::Internal(format!("SQLite: {other}")),
+    };
+    RuntimeErr::SqlxError(Arc::new(sqlx))
+}
+
+/// SQLite's error from an inline connection, as sqlx's own SQLite error
+/// shows it: `(code: N) message`, `code()` the extended result code.
+#[derive(Debug)]
+pub struct SqliteError {
+    code: i32,
+    message: String,
+}
+
+impl std::fmt::Display for SqliteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "(code: {}) {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for SqliteError {}
+
+impl DatabaseError for SqliteError {
+    fn message(&self) -> &str {
+        &self.message
+    }
+
+    fn code(&self) -> Option<Cow<'_, str>> {
+        Some(self.code.to_string().into())
+    }
+
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+
+    fn kind(&self) -> ErrorKind {
+        use rusqlite::ffi;
+        match self.code {
+            ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY => {
+                ErrorKind::UniqueViolation
+            }
+            ffi::SQLITE_CONSTRAINT_FOREIGNKEY => ErrorKind::ForeignKeyViolation,
+            ffi::SQLITE_CONSTRAINT_NOTNULL => ErrorKind::NotNullViolation,
+            ffi::SQLITE_CONSTRAINT_CHECK => ErrorKind::CheckViolation,
+            _ => ErrorKind::Other,
         }
     }
 }

@@ -263,11 +263,15 @@ impl TestDb {
                 .await
                 .unwrap_or_else(|e| panic!("connect {direct_url}: {e}"))
         };
-        let inline = (topology == Topology::Inline).then(|| {
-            service::inline_sqlite::InlineSqlite::open(&url)
-                .unwrap_or_else(|e| panic!("inline SQLite on {url}: {e}"))
-                .expect("a SQLite file has inline connections")
-        });
+        let inline = match topology {
+            Topology::Inline => Some(
+                service::inline_sqlite::InlineSqlite::open(&url)
+                    .await
+                    .unwrap_or_else(|e| panic!("inline SQLite on {url}: {e}"))
+                    .expect("a SQLite file in WAL mode has inline connections"),
+            ),
+            _ => None,
+        };
         Self {
             backend,
             topology,

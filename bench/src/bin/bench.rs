@@ -753,7 +753,7 @@ async fn main() {
         backend: db_backend,
         pools,
         wide_pools,
-        inline: InlineSqlite::open(&urls[0]).unwrap().map(Arc::new),
+        inline: InlineSqlite::open(&urls[0]).await.unwrap().map(Arc::new),
         urls,
         pooled,
         sql: Arc::new(sql::Sql {
