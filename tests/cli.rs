@@ -610,106 +610,110 @@ fn tls_file(name: &str) -> String {
 /// TLS as users give it in URLs: a plain connection to a TLS-only server
 /// and a certificate that does not verify each fail with one line saying
 /// so; verified TLS and client certificates work.
-#[test]
-fn tls_urls_connect_or_say_why_not() {
-    let ca = tls_file("ca.crt");
-    let other = tls_file("other-ca.crt");
-    let (cert, key) = (tls_file("client.crt"), tls_file("client.key"));
-    let status = |url: String| {
-        let out = migration(&std::env::temp_dir(), &["-u", &url, "status"]);
-        (out.status.code(), stderr(&out), stdout(&out))
-    };
-    let pg = "TEST_POSTGRES_TLS_URL";
-    let my = "TEST_MYSQL_TLS_URL";
-    // Verified TLS: status answers (every migration pending on this database).
-    for url in [
-        tls_url(
+mod tls_urls_connect_or_say_why_not {
+    use super::*;
+
+    #[test]
+    fn postgres_mysql() {
+        let ca = tls_file("ca.crt");
+        let other = tls_file("other-ca.crt");
+        let (cert, key) = (tls_file("client.crt"), tls_file("client.key"));
+        let status = |url: String| {
+            let out = migration(&std::env::temp_dir(), &["-u", &url, "status"]);
+            (out.status.code(), stderr(&out), stdout(&out))
+        };
+        let pg = "TEST_POSTGRES_TLS_URL";
+        let my = "TEST_MYSQL_TLS_URL";
+        // Verified TLS: status answers (every migration pending on this database).
+        for url in [
+            tls_url(
+                pg,
+                "postgres",
+                &format!("sslmode=verify-full&sslrootcert={ca}"),
+            ),
+            tls_url(
+                pg,
+                "postgres",
+                &format!("sslmode=verify-ca&sslrootcert={ca}"),
+            ),
+            tls_url(pg, "postgres", "sslmode=require"),
+            tls_url(
+                my,
+                "mysql",
+                &format!("ssl-mode=VERIFY_IDENTITY&ssl-ca={ca}"),
+            ),
+            tls_url(my, "mysql", &format!("ssl-mode=VERIFY_CA&ssl-ca={ca}")),
+            tls_url(my, "mysql", "ssl-mode=REQUIRED"),
+        ] {
+            let (code, err, out) = status(url.clone());
+            assert_eq!(code, Some(3), "{url}: {err}{out}");
+        }
+        // Client certificates: certuser must present one.
+        let pg_cert = |q: &str| {
+            let mut u = url::Url::parse(&tls_url(pg, "postgres", q)).unwrap();
+            u.set_username("certuser").unwrap();
+            String::from(u)
+        };
+        let (code, err, _) = status(pg_cert(&format!(
+            "sslmode=verify-full&sslrootcert={ca}&sslcert={cert}&sslkey={key}"
+        )));
+        assert_eq!(code, Some(3), "{err}");
+        let (code, err, _) = status(pg_cert(&format!("sslmode=verify-full&sslrootcert={ca}")));
+        assert_eq!(code, Some(1), "{err}");
+        let my_cert = |q: &str| {
+            let mut u = url::Url::parse(&tls_url(my, "mysql", q)).unwrap();
+            u.set_username("certuser").unwrap();
+            u.set_password(None).unwrap();
+            String::from(u)
+        };
+        let (code, err, _) = status(my_cert(&format!(
+            "ssl-mode=VERIFY_IDENTITY&ssl-ca={ca}&ssl-cert={cert}&ssl-key={key}"
+        )));
+        assert_eq!(code, Some(3), "{err}");
+        let (code, err, _) = status(my_cert(&format!("ssl-mode=VERIFY_IDENTITY&ssl-ca={ca}")));
+        assert_eq!(code, Some(1), "{err}");
+
+        // A plain connection to a TLS-only server: one line that says TLS is
+        // required and how to ask for it.
+        for url in [
+            tls_url(pg, "postgres", "sslmode=disable"),
+            tls_url(my, "mysql", "ssl-mode=DISABLED"),
+        ] {
+            let (code, err, _) = status(url.clone());
+            assert_eq!(code, Some(1), "{url}: {err}");
+            assert!(err.contains("the server requires TLS"), "{url}: {err}");
+            assert!(err.contains("sslmode=verify-full"), "{err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        }
+        // A certificate that does not verify: against another CA, or (verify-full)
+        // for another host name.
+        for url in [
+            tls_url(
+                pg,
+                "postgres",
+                &format!("sslmode=verify-full&sslrootcert={other}"),
+            ),
+            tls_url(
+                my,
+                "mysql",
+                &format!("ssl-mode=VERIFY_IDENTITY&ssl-ca={other}"),
+            ),
+        ] {
+            let (code, err, _) = status(url.clone());
+            assert_eq!(code, Some(1), "{url}: {err}");
+            assert!(err.contains("certificate did not verify"), "{url}: {err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        }
+        let mut wrong_host = url::Url::parse(&tls_url(
             pg,
             "postgres",
             &format!("sslmode=verify-full&sslrootcert={ca}"),
-        ),
-        tls_url(
-            pg,
-            "postgres",
-            &format!("sslmode=verify-ca&sslrootcert={ca}"),
-        ),
-        tls_url(pg, "postgres", "sslmode=require"),
-        tls_url(
-            my,
-            "mysql",
-            &format!("ssl-mode=VERIFY_IDENTITY&ssl-ca={ca}"),
-        ),
-        tls_url(my, "mysql", &format!("ssl-mode=VERIFY_CA&ssl-ca={ca}")),
-        tls_url(my, "mysql", "ssl-mode=REQUIRED"),
-    ] {
-        let (code, err, out) = status(url.clone());
-        assert_eq!(code, Some(3), "{url}: {err}{out}");
+        ))
+        .unwrap();
+        wrong_host.set_host(Some("127.0.0.2")).unwrap();
+        let (code, err, _) = status(wrong_host.into());
+        assert_eq!(code, Some(1), "{err}");
     }
-    // Client certificates: certuser must present one.
-    let pg_cert = |q: &str| {
-        let mut u = url::Url::parse(&tls_url(pg, "postgres", q)).unwrap();
-        u.set_username("certuser").unwrap();
-        String::from(u)
-    };
-    let (code, err, _) = status(pg_cert(&format!(
-        "sslmode=verify-full&sslrootcert={ca}&sslcert={cert}&sslkey={key}"
-    )));
-    assert_eq!(code, Some(3), "{err}");
-    let (code, err, _) = status(pg_cert(&format!("sslmode=verify-full&sslrootcert={ca}")));
-    assert_eq!(code, Some(1), "{err}");
-    let my_cert = |q: &str| {
-        let mut u = url::Url::parse(&tls_url(my, "mysql", q)).unwrap();
-        u.set_username("certuser").unwrap();
-        u.set_password(None).unwrap();
-        String::from(u)
-    };
-    let (code, err, _) = status(my_cert(&format!(
-        "ssl-mode=VERIFY_IDENTITY&ssl-ca={ca}&ssl-cert={cert}&ssl-key={key}"
-    )));
-    assert_eq!(code, Some(3), "{err}");
-    let (code, err, _) = status(my_cert(&format!("ssl-mode=VERIFY_IDENTITY&ssl-ca={ca}")));
-    assert_eq!(code, Some(1), "{err}");
-
-    // A plain connection to a TLS-only server: one line that says TLS is
-    // required and how to ask for it.
-    for url in [
-        tls_url(pg, "postgres", "sslmode=disable"),
-        tls_url(my, "mysql", "ssl-mode=DISABLED"),
-    ] {
-        let (code, err, _) = status(url.clone());
-        assert_eq!(code, Some(1), "{url}: {err}");
-        assert!(err.contains("the server requires TLS"), "{url}: {err}");
-        assert!(err.contains("sslmode=verify-full"), "{err}");
-        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    }
-    // A certificate that does not verify: against another CA, or (verify-full)
-    // for another host name.
-    for url in [
-        tls_url(
-            pg,
-            "postgres",
-            &format!("sslmode=verify-full&sslrootcert={other}"),
-        ),
-        tls_url(
-            my,
-            "mysql",
-            &format!("ssl-mode=VERIFY_IDENTITY&ssl-ca={other}"),
-        ),
-    ] {
-        let (code, err, _) = status(url.clone());
-        assert_eq!(code, Some(1), "{url}: {err}");
-        assert!(err.contains("certificate did not verify"), "{url}: {err}");
-        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    }
-    let mut wrong_host = url::Url::parse(&tls_url(
-        pg,
-        "postgres",
-        &format!("sslmode=verify-full&sslrootcert={ca}"),
-    ))
-    .unwrap();
-    wrong_host.set_host(Some("127.0.0.2")).unwrap();
-    let (code, err, _) = status(wrong_host.into());
-    assert_eq!(code, Some(1), "{err}");
 }
 
 /// Log lines for collectors: plain text without a single escape byte when

@@ -50,59 +50,67 @@ async fn write_lock_is_free(conn: &mut SqliteConnection) -> bool {
     }
 }
 
-#[tokio::test]
-async fn reads_go_on_beside_an_open_write_transaction() {
-    let t = migrated("sqlite_pool_reads").await;
-    let ctx = testkit::user_context("plugin:langbot/local-agent/default", "c-1", "u-1");
-    let store = StateStore::new(&t.db);
-    store
-        .set(&ctx, Scope::Actor, "k", &json!("before"))
-        .await
-        .unwrap();
+mod reads_go_on_beside_an_open_write_transaction {
+    use super::*;
 
-    let txn = begin_writing(&t.db, None).await.unwrap();
-    StateStore::new(&txn)
-        .set(&ctx, Scope::Actor, "k", &json!("after"))
-        .await
-        .unwrap();
-    // The transaction holds one of the pool's connections; a read goes on
-    // the other and sees what is committed.
-    assert_eq!(
-        store.get(&ctx, Scope::Actor, "k").await.unwrap(),
-        Some(json!("before"))
-    );
-    txn.commit().await.unwrap();
-    assert_eq!(
-        store.get(&ctx, Scope::Actor, "k").await.unwrap(),
-        Some(json!("after"))
-    );
+    #[tokio::test]
+    async fn sqlite() {
+        let t = migrated("sqlite_pool_reads").await;
+        let ctx = testkit::user_context("plugin:langbot/local-agent/default", "c-1", "u-1");
+        let store = StateStore::new(&t.db);
+        store
+            .set(&ctx, Scope::Actor, "k", &json!("before"))
+            .await
+            .unwrap();
+
+        let txn = begin_writing(&t.db, None).await.unwrap();
+        StateStore::new(&txn)
+            .set(&ctx, Scope::Actor, "k", &json!("after"))
+            .await
+            .unwrap();
+        // The transaction holds one of the pool's connections; a read goes on
+        // the other and sees what is committed.
+        assert_eq!(
+            store.get(&ctx, Scope::Actor, "k").await.unwrap(),
+            Some(json!("before"))
+        );
+        txn.commit().await.unwrap();
+        assert_eq!(
+            store.get(&ctx, Scope::Actor, "k").await.unwrap(),
+            Some(json!("after"))
+        );
+    }
 }
 
-#[tokio::test]
-async fn a_write_transaction_holds_the_write_lock_from_its_begin() {
-    let t = migrated("sqlite_pool_lock").await;
-    let mut other = impatient(&t).await;
-    let read = || {
-        sea_orm::Statement::from_string(
-            sea_orm::DbBackend::Sqlite,
-            "SELECT COUNT(*) FROM agent_runner_state",
-        )
-    };
+mod a_write_transaction_holds_the_write_lock_from_its_begin {
+    use super::*;
 
-    // A plain (deferred) transaction that has only read holds no write
-    // lock: another connection may write, and then its own first write
-    // would fail.
-    let deferred = t.db.begin().await.unwrap();
-    deferred.query_one_raw(read()).await.unwrap();
-    assert!(write_lock_is_free(&mut other).await);
-    deferred.rollback().await.unwrap();
+    #[tokio::test]
+    async fn sqlite() {
+        let t = migrated("sqlite_pool_lock").await;
+        let mut other = impatient(&t).await;
+        let read = || {
+            sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Sqlite,
+                "SELECT COUNT(*) FROM agent_runner_state",
+            )
+        };
 
-    // `begin_writing` takes it at once: nobody writes in between.
-    let txn = begin_writing(&t.db, None).await.unwrap();
-    txn.query_one_raw(read()).await.unwrap();
-    assert!(!write_lock_is_free(&mut other).await);
-    txn.commit().await.unwrap();
-    assert!(write_lock_is_free(&mut other).await);
+        // A plain (deferred) transaction that has only read holds no write
+        // lock: another connection may write, and then its own first write
+        // would fail.
+        let deferred = t.db.begin().await.unwrap();
+        deferred.query_one_raw(read()).await.unwrap();
+        assert!(write_lock_is_free(&mut other).await);
+        deferred.rollback().await.unwrap();
+
+        // `begin_writing` takes it at once: nobody writes in between.
+        let txn = begin_writing(&t.db, None).await.unwrap();
+        txn.query_one_raw(read()).await.unwrap();
+        assert!(!write_lock_is_free(&mut other).await);
+        txn.commit().await.unwrap();
+        assert!(write_lock_is_free(&mut other).await);
+    }
 }
 
 /// The pragmas a pool's connections run with.
@@ -131,31 +139,36 @@ async fn pragmas(db: &sea_orm::DatabaseConnection, names: &[&str]) -> Vec<String
 /// A batch job's pool adds its cache settings to the shared ones rather
 /// than replacing them (SeaORM keeps one SQLite option mapper: a second
 /// one replaces the first).
-#[tokio::test]
-async fn every_pool_keeps_the_shared_sqlite_settings() {
-    let t = migrated("sqlite_pool_pragmas").await;
-    let shared = [
-        "journal_mode",
-        "synchronous",
-        "busy_timeout",
-        "foreign_keys",
-    ];
-    let expected = ["wal", "1", "30000", "1"];
+mod every_pool_keeps_the_shared_sqlite_settings {
+    use super::*;
 
-    let service = sea_orm::Database::connect(service::connection::connect_options(&t.url).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(pragmas(&service, &shared).await, expected);
-    service.close().await.unwrap();
+    #[tokio::test]
+    async fn sqlite() {
+        let t = migrated("sqlite_pool_pragmas").await;
+        let shared = [
+            "journal_mode",
+            "synchronous",
+            "busy_timeout",
+            "foreign_keys",
+        ];
+        let expected = ["wal", "1", "30000", "1"];
 
-    let batch =
-        sea_orm::Database::connect(service::connection::batch_connect_options(&t.url).unwrap())
-            .await
-            .unwrap();
-    assert_eq!(pragmas(&batch, &shared).await, expected);
-    assert_eq!(
-        pragmas(&batch, &["cache_size", "temp_store"]).await,
-        ["-16384", "2"]
-    );
-    batch.close().await.unwrap();
+        let service =
+            sea_orm::Database::connect(service::connection::connect_options(&t.url).unwrap())
+                .await
+                .unwrap();
+        assert_eq!(pragmas(&service, &shared).await, expected);
+        service.close().await.unwrap();
+
+        let batch =
+            sea_orm::Database::connect(service::connection::batch_connect_options(&t.url).unwrap())
+                .await
+                .unwrap();
+        assert_eq!(pragmas(&batch, &shared).await, expected);
+        assert_eq!(
+            pragmas(&batch, &["cache_size", "temp_store"]).await,
+            ["-16384", "2"]
+        );
+        batch.close().await.unwrap();
+    }
 }

@@ -252,119 +252,131 @@ on_every_topology!(
 /// PostgreSQL → SQLite (every ordered pair of backends): every column and
 /// every stored text comes back identical; a second copy changes nothing;
 /// each copy ends with a verification of both sides.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn copy_round_trip_across_backends() {
-    let a = migrated(Backend::Sqlite, "copy_a").await;
-    let b = migrated(Backend::Postgres, "copy_b").await;
-    let c = migrated(Backend::MySql, "copy_c").await;
-    let d = migrated(Backend::Sqlite, "copy_d").await;
-    let rows = lines(700);
-    let out = admin(&["-u", &a.url, "import"], Some(&jsonl(&rows)));
-    assert!(out.status.success(), "{}", stderr(&out));
-    for (from, to) in [(&a, &b), (&b, &c), (&c, &d)] {
-        let summary = copied(from, to);
-        assert_eq!(summary["rows"], 700, "{summary}");
-        assert_eq!(summary["import"]["inserted"], 700, "{summary}");
+mod copy_round_trip_across_backends {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_postgres_mysql() {
+        let a = migrated(Backend::Sqlite, "copy_a").await;
+        let b = migrated(Backend::Postgres, "copy_b").await;
+        let c = migrated(Backend::MySql, "copy_c").await;
+        let d = migrated(Backend::Sqlite, "copy_d").await;
+        let rows = lines(700);
+        let out = admin(&["-u", &a.url, "import"], Some(&jsonl(&rows)));
+        assert!(out.status.success(), "{}", stderr(&out));
+        for (from, to) in [(&a, &b), (&b, &c), (&c, &d)] {
+            let summary = copied(from, to);
+            assert_eq!(summary["rows"], 700, "{summary}");
+            assert_eq!(summary["import"]["inserted"], 700, "{summary}");
+        }
+        assert_eq!(exported(&a.url), exported(&d.url));
+        // And the other way round, so every ordered pair of backends is taken:
+        // SQLite -> MariaDB -> PostgreSQL -> SQLite.
+        let f = migrated(Backend::MySql, "copy_f").await;
+        let g = migrated(Backend::Postgres, "copy_g").await;
+        let h = migrated(Backend::Sqlite, "copy_h").await;
+        for (from, to) in [(&a, &f), (&f, &g), (&g, &h)] {
+            copied(from, to);
+        }
+        assert_eq!(exported(&a.url), exported(&h.url));
+        // Again: nothing to do, and still verified.
+        let out = admin(&["copy", "--from", &a.url, "--to", &b.url], None);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let summary: Value = serde_json::from_str(&stdout(&out)).unwrap();
+        assert_eq!(summary["import"]["unchanged"], 700, "{summary}");
+        // An unmigrated target: one line.
+        let e = TestDb::create(Backend::Postgres, "copy_e", None).await;
+        let out = admin(&["copy", "--from", &a.url, "--to", &e.url], None);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr(&out).contains("not migrated"), "{}", stderr(&out));
     }
-    assert_eq!(exported(&a.url), exported(&d.url));
-    // And the other way round, so every ordered pair of backends is taken:
-    // SQLite -> MariaDB -> PostgreSQL -> SQLite.
-    let f = migrated(Backend::MySql, "copy_f").await;
-    let g = migrated(Backend::Postgres, "copy_g").await;
-    let h = migrated(Backend::Sqlite, "copy_h").await;
-    for (from, to) in [(&a, &f), (&f, &g), (&g, &h)] {
-        copied(from, to);
-    }
-    assert_eq!(exported(&a.url), exported(&h.url));
-    // Again: nothing to do, and still verified.
-    let out = admin(&["copy", "--from", &a.url, "--to", &b.url], None);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let summary: Value = serde_json::from_str(&stdout(&out)).unwrap();
-    assert_eq!(summary["import"]["unchanged"], 700, "{summary}");
-    // An unmigrated target: one line.
-    let e = TestDb::create(Backend::Postgres, "copy_e", None).await;
-    let out = admin(&["copy", "--from", &a.url, "--to", &e.url], None);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("not migrated"), "{}", stderr(&out));
 }
 
 /// A copy SIGKILLed midway (observed: some rows committed in the target,
 /// not all) keeps what it wrote; the next run resumes and verifies; a
 /// conflicting target is refused before anything is written.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn copy_resumes_after_a_kill_and_refuses_conflicts_first() {
-    let a = migrated(Backend::Sqlite, "copy_kill_a").await;
-    let b = migrated(Backend::Postgres, "copy_kill_b").await;
-    let rows = lines(8_000);
-    let out = admin(&["-u", &a.url, "import"], Some(&jsonl(&rows)));
-    assert!(out.status.success(), "{}", stderr(&out));
-    let child = Command::new(admin_bin())
-        .args(["copy", "--from", &a.url, "--to", &b.url])
-        .env_remove("DATABASE_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let progress = || testkit::committed_rows(&b.db, "agent_runner_state");
-    let kill = testkit::kill_when(child, 1_000, progress).await;
-    assert!(kill.done > 0 && kill.done < 8_000, "{kill:?}");
-    eprintln!("copy killed with {} of 8000 rows in the target", kill.done);
-    let out = admin(&["copy", "--from", &a.url, "--to", &b.url], None);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let summary: Value = serde_json::from_str(&stdout(&out)).unwrap();
-    assert_eq!(summary["rows"], 8_000, "{summary}");
-    assert_eq!(summary["import"]["unchanged"], kill.done, "{summary}");
-    assert_eq!(exported(&a.url), exported(&b.url));
+mod copy_resumes_after_a_kill_and_refuses_conflicts_first {
+    use super::*;
 
-    // A source row that differs from the target's: refused, nothing written.
-    let c = TestDb::create(Backend::Sqlite, "copy_kill_c", None).await;
-    Migrator::up(&c.db, None).await.unwrap();
-    let mut changed = rows[..100].to_vec();
-    changed[99]["value_json"] = json!("2");
-    let mut extra = rows[0].clone();
-    extra["state_key"] = json!("only-in-c");
-    changed.insert(0, extra);
-    let out = admin(&["-u", &c.url, "import"], Some(&jsonl(&changed)));
-    assert!(out.status.success(), "{}", stderr(&out));
-    let before = exported(&b.url);
-    let out = admin(&["copy", "--from", &c.url, "--to", &b.url], None);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("k-00099"), "{}", stderr(&out));
-    assert_eq!(exported(&b.url), before, "a refused copy wrote something");
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_postgres() {
+        let a = migrated(Backend::Sqlite, "copy_kill_a").await;
+        let b = migrated(Backend::Postgres, "copy_kill_b").await;
+        let rows = lines(8_000);
+        let out = admin(&["-u", &a.url, "import"], Some(&jsonl(&rows)));
+        assert!(out.status.success(), "{}", stderr(&out));
+        let child = Command::new(admin_bin())
+            .args(["copy", "--from", &a.url, "--to", &b.url])
+            .env_remove("DATABASE_URL")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let progress = || testkit::committed_rows(&b.db, "agent_runner_state");
+        let kill = testkit::kill_when(child, 1_000, progress).await;
+        assert!(kill.done > 0 && kill.done < 8_000, "{kill:?}");
+        eprintln!("copy killed with {} of 8000 rows in the target", kill.done);
+        let out = admin(&["copy", "--from", &a.url, "--to", &b.url], None);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let summary: Value = serde_json::from_str(&stdout(&out)).unwrap();
+        assert_eq!(summary["rows"], 8_000, "{summary}");
+        assert_eq!(summary["import"]["unchanged"], kill.done, "{summary}");
+        assert_eq!(exported(&a.url), exported(&b.url));
+
+        // A source row that differs from the target's: refused, nothing written.
+        let c = TestDb::create(Backend::Sqlite, "copy_kill_c", None).await;
+        Migrator::up(&c.db, None).await.unwrap();
+        let mut changed = rows[..100].to_vec();
+        changed[99]["value_json"] = json!("2");
+        let mut extra = rows[0].clone();
+        extra["state_key"] = json!("only-in-c");
+        changed.insert(0, extra);
+        let out = admin(&["-u", &c.url, "import"], Some(&jsonl(&changed)));
+        assert!(out.status.success(), "{}", stderr(&out));
+        let before = exported(&b.url);
+        let out = admin(&["copy", "--from", &c.url, "--to", &b.url], None);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(stderr(&out).contains("k-00099"), "{}", stderr(&out));
+        assert_eq!(exported(&b.url), before, "a refused copy wrote something");
+    }
 }
 
 /// A source row the store would refuse (here a value over its limit,
 /// written past it by raw SQL) stops a copy before it writes anything, with
 /// or without `--overwrite`, even when it comes after a whole batch of good
 /// rows; the error names the row.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn copy_checks_every_source_row_before_writing() {
-    use sea_orm::ConnectionTrait;
-    let a = migrated(Backend::Sqlite, "copy_check_a").await;
-    let b = migrated(Backend::Postgres, "copy_check_b").await;
-    let out = admin(&["-u", &a.url, "import"], Some(&jsonl(&lines(600))));
-    assert!(out.status.success(), "{}", stderr(&out));
-    let oversized = format!("\"{}\"", "é".repeat(140_000));
-    a.db.execute_raw(sea_orm::Statement::from_sql_and_values(
-        a.db.get_database_backend(),
-        "UPDATE agent_runner_state SET value_json = ? \
-         WHERE id = (SELECT MAX(id) FROM agent_runner_state)",
-        [oversized.into()],
-    ))
-    .await
-    .unwrap();
-    for overwrite in [false, true] {
-        let mut args = vec!["copy", "--from", &a.url, "--to", &b.url];
-        if overwrite {
-            args.push("--overwrite");
+mod copy_checks_every_source_row_before_writing {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_postgres() {
+        use sea_orm::ConnectionTrait;
+        let a = migrated(Backend::Sqlite, "copy_check_a").await;
+        let b = migrated(Backend::Postgres, "copy_check_b").await;
+        let out = admin(&["-u", &a.url, "import"], Some(&jsonl(&lines(600))));
+        assert!(out.status.success(), "{}", stderr(&out));
+        let oversized = format!("\"{}\"", "é".repeat(140_000));
+        a.db.execute_raw(sea_orm::Statement::from_sql_and_values(
+            a.db.get_database_backend(),
+            "UPDATE agent_runner_state SET value_json = ? \
+             WHERE id = (SELECT MAX(id) FROM agent_runner_state)",
+            [oversized.into()],
+        ))
+        .await
+        .unwrap();
+        for overwrite in [false, true] {
+            let mut args = vec!["copy", "--from", &a.url, "--to", &b.url];
+            if overwrite {
+                args.push("--overwrite");
+            }
+            let out = admin(&args, None);
+            assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+            let err = stderr(&out);
+            assert!(
+                err.contains("source row id 600") && err.contains("280002 bytes"),
+                "{err}"
+            );
+            assert!(exported(&b.url).is_empty(), "a refused copy wrote rows");
         }
-        let out = admin(&args, None);
-        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-        let err = stderr(&out);
-        assert!(
-            err.contains("source row id 600") && err.contains("280002 bytes"),
-            "{err}"
-        );
-        assert!(exported(&b.url).is_empty(), "a refused copy wrote rows");
     }
 }
