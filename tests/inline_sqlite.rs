@@ -41,6 +41,23 @@ async fn until(what: &str, done: impl Fn() -> bool) {
     }
 }
 
+/// Waits until `set` is counted as waiting for the lock on `inline`, and
+/// fails if it returned instead, while the lock is held.
+async fn until_waiting<T: std::fmt::Debug>(
+    inline: &InlineSqlite,
+    set: &mut tokio::task::JoinHandle<T>,
+) {
+    until("the set waits for the lock, or returns", || {
+        inline.stats().waited_for_lock >= 1 || set.is_finished()
+    })
+    .await;
+    assert!(
+        !set.is_finished(),
+        "it returned while the lock was held: {:?}",
+        set.await
+    );
+}
+
 mod a_locked_database_is_waited_for_off_the_async_thread {
     use super::*;
 
@@ -61,7 +78,7 @@ mod a_locked_database_is_waited_for_off_the_async_thread {
             .unwrap();
 
         let t = std::sync::Arc::new(t);
-        let waiting = {
+        let mut waiting = {
             let (t, ctx) = (t.clone(), ctx.clone());
             tokio::spawn(async move {
                 t.store()
@@ -69,15 +86,7 @@ mod a_locked_database_is_waited_for_off_the_async_thread {
                     .await
             })
         };
-        until("the inline set waits for the lock, or returns", || {
-            inline(&t).stats().waited_for_lock >= 1 || waiting.is_finished()
-        })
-        .await;
-        assert!(
-            !waiting.is_finished(),
-            "it returned while the lock was held: {:?}",
-            waiting.await
-        );
+        until_waiting(inline(&t), &mut waiting).await;
         blocker.commit().await.unwrap();
         waiting.await.unwrap().unwrap();
 
@@ -289,7 +298,7 @@ mod store_connection_sets_up_the_store {
             ))
             .await
             .unwrap();
-        let set = {
+        let mut set = {
             let conn = conn.clone();
             let ctx = ctx.clone();
             tokio::spawn(async move {
@@ -298,16 +307,7 @@ mod store_connection_sets_up_the_store {
                     .await
             })
         };
-        until(
-            "the store's set waits on the inline connections, or returns",
-            || conn.inline_sqlite().unwrap().stats().waited_for_lock >= 1 || set.is_finished(),
-        )
-        .await;
-        assert!(
-            !set.is_finished(),
-            "it returned while the lock was held: {:?}",
-            set.await
-        );
+        until_waiting(conn.inline_sqlite().unwrap(), &mut set).await;
         blocker.commit().await.unwrap();
         set.await.unwrap().unwrap();
         assert_eq!(
