@@ -13,7 +13,9 @@
 //!   statement that finds the database locked (another writer) fails at once
 //!   with `SQLITE_BUSY`, having done nothing; it then runs again on a
 //!   blocking thread ([`tokio::task::spawn_blocking`]) with the pool's
-//!   [`SQLITE_BUSY_TIMEOUT`]. In WAL mode readers do not wait for a writer;
+//!   [`SQLITE_BUSY_TIMEOUT`]. In WAL mode readers do not wait for a writer
+//!   (SQLite itself may pause a reader for microseconds while another
+//!   connection restarts the log, which no busy timeout governs);
 //! * **no `fsync`**: with `synchronous=NORMAL` a WAL-mode commit does not
 //!   sync; SQLite syncs in a checkpoint (copying the log into the database
 //!   file), which its automatic checkpoint runs in whichever commit crosses
