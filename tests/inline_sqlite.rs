@@ -104,6 +104,52 @@ mod a_locked_database_is_waited_for_off_the_async_thread {
     use service::StateStore;
 }
 
+mod writers_queued_behind_a_lock_share_a_few_connections {
+    use super::*;
+
+    /// 32 sets meet a held write lock: as many wait on blocking threads as
+    /// there are connections to spare, the rest wait for a connection
+    /// without a thread; all land once the lock goes, and no more than
+    /// `MAX_CONNECTIONS` connections were ever opened.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_inline() {
+        let t = std::sync::Arc::new(migrated("inline_queued").await);
+        let ctx = testkit::user_context(RUNNER, "c-1", "u-1");
+        let blocker = begin_writing(&t.db, None).await.unwrap();
+        let sets: Vec<_> = (0..32)
+            .map(|i| {
+                let (t, ctx) = (t.clone(), ctx.clone());
+                tokio::spawn(async move {
+                    t.store()
+                        .set(&ctx, Scope::Actor, &format!("k{i}"), &json!(i))
+                        .await
+                })
+            })
+            .collect();
+        let max = service::inline_sqlite::MAX_CONNECTIONS as u64;
+        until("every connection holds a waiting set", || {
+            inline(&t).stats().waited_for_lock >= max
+        })
+        .await;
+        assert!(
+            sets.iter().all(|s| !s.is_finished()),
+            "a set returned under the lock"
+        );
+        blocker.commit().await.unwrap();
+        for set in sets {
+            set.await.unwrap().unwrap();
+        }
+        let page = t
+            .store()
+            .list(&ctx, Scope::Actor, None, None)
+            .await
+            .unwrap();
+        assert_eq!(page.keys.len(), 32);
+        let opened = inline(&t).stats().connections_opened;
+        assert!(opened <= max, "{opened} connections opened");
+    }
+}
+
 mod commits_past_the_mark_checkpoint_off_the_async_thread {
     use super::*;
 

@@ -109,6 +109,7 @@ struct Inner {
 
 #[derive(Default)]
 struct Counters {
+    opened: AtomicU64,
     waited: AtomicU64,
     checkpoints: AtomicU64,
 }
@@ -117,6 +118,9 @@ struct Counters {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct InlineSqliteStats {
+    /// Connections opened, the first by [`InlineSqlite::open`]; idle ones
+    /// are kept, so this stays at most [`MAX_CONNECTIONS`].
+    pub connections_opened: u64,
     /// Statements that found the database locked and ran again on a
     /// blocking thread, waiting for the lock.
     pub waited_for_lock: u64,
@@ -185,7 +189,10 @@ impl InlineSqlite {
                     permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
                     checkpointing: AtomicBool::new(false),
                     log_restart: AtomicBool::new(false),
-                    stats: Counters::default(),
+                    stats: Counters {
+                        opened: AtomicU64::new(1),
+                        ..Counters::default()
+                    },
                 }),
             }))
         })
@@ -202,6 +209,7 @@ impl InlineSqlite {
     /// What these connections have done so far.
     pub fn stats(&self) -> InlineSqliteStats {
         InlineSqliteStats {
+            connections_opened: self.inner.stats.opened.load(Ordering::Relaxed),
             waited_for_lock: self.inner.stats.waited.load(Ordering::Relaxed),
             checkpoints: self.inner.stats.checkpoints.load(Ordering::Relaxed),
         }
@@ -283,29 +291,41 @@ impl InlineSqlite {
             .unwrap_or_else(|e| e.into_inner())
             .pop();
         let restart = !query && self.inner.log_restart.swap(false, Ordering::AcqRel);
-        let conn = match idle {
-            Some(conn) if !restart => {
-                WAL_PAGES.set(0);
-                match work(&conn, &stmt.sql, &params) {
-                    Err(e) if is_busy(&e) => {
-                        self.inner.stats.waited.fetch_add(1, Ordering::Relaxed);
-                        Some(conn)
-                    }
-                    result => {
-                        self.inner.finish(conn, WAL_PAGES.replace(0), permit);
-                        return result.map_err(|e| to_db_err(runtime_err(e)));
-                    }
+        // Locked: the statement found the write lock taken and waits for it.
+        let (conn, locked) = match idle {
+            Some(conn) if !restart => match try_once(&conn, &stmt.sql, &params, &*work) {
+                Some((result, pages)) => {
+                    self.inner.finish(conn, pages, permit);
+                    return result.map_err(|e| to_db_err(runtime_err(e)));
                 }
-            }
-            other => other,
+                None => {
+                    self.inner.stats.waited.fetch_add(1, Ordering::Relaxed);
+                    (Some(conn), true)
+                }
+            },
+            other => (other, false),
         };
         let inner = self.inner.clone();
         let sql = stmt.sql.clone();
         tokio::task::spawn_blocking(move || {
             let conn = match conn {
                 Some(conn) => conn,
-                None => connect(&inner.path, inner.flags)?,
+                None => {
+                    inner.stats.opened.fetch_add(1, Ordering::Relaxed);
+                    connect(&inner.path, inner.flags)?
+                }
             };
+            if !locked {
+                match try_once(&conn, &sql, &params, &*work) {
+                    Some((result, pages)) => {
+                        inner.finish(conn, pages, permit);
+                        return result;
+                    }
+                    None => {
+                        inner.stats.waited.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
             conn.busy_timeout(SQLITE_BUSY_TIMEOUT)?;
             WAL_PAGES.set(0);
             let result = work(&conn, &sql, &params);
@@ -317,6 +337,22 @@ impl InlineSqlite {
         .await
         .map_err(|e| to_db_err(RuntimeErr::Internal(joined(e))))?
         .map_err(|e| to_db_err(runtime_err(e)))
+    }
+}
+
+/// One try of `work` that does not wait for a lock: its result and the log
+/// pages its commit left, or `None` when the database was locked (nothing
+/// done).
+fn try_once<T>(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    params: &[rusqlite::types::Value],
+    work: &Work<T>,
+) -> Option<(rusqlite::Result<T>, i32)> {
+    WAL_PAGES.set(0);
+    match work(conn, sql, params) {
+        Err(e) if is_busy(&e) => None,
+        result => Some((result, WAL_PAGES.replace(0))),
     }
 }
 
