@@ -114,10 +114,11 @@ pub enum ConnectError {
     #[error("{0}")]
     Driver(#[source] sqlx::Error),
     /// SQLite could not open the file for the store's inline connections
-    /// ([`InlineSqlite`](crate::inline_sqlite::InlineSqlite)).
+    /// ([`InlineSqlite`]).
     #[error("SQLite could not open the database file: {0}")]
     Sqlite(#[source] rusqlite::Error),
-    /// The server answered the probe, but the pool could not open.
+    /// The pool could not open (the server answered the probe), or the
+    /// blocking thread that opens inline SQLite connections did not run.
     #[error("the connection pool could not open")]
     Pool(#[source] DbErr),
 }
@@ -355,9 +356,10 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
 
 /// What a service that embeds the store keeps: the pool from [`connect`],
 /// and what its URL says the store needs on it: the [`Pooler`] in front,
-/// and on a SQLite file the [`InlineSqlite`] connections that run the
-/// store's statements in the calling thread (see the top-level README's
-/// "Connection settings"). Cheap to clone.
+/// and on a SQLite file in WAL mode the [`InlineSqlite`] connections that
+/// run the store's statements in the calling thread (see the top-level
+/// README's "Connection settings"). Cheap to clone: clones share the pool
+/// and the inline connections.
 #[derive(Clone, Debug)]
 pub struct StoreConnection {
     db: DatabaseConnection,
@@ -366,40 +368,61 @@ pub struct StoreConnection {
 }
 
 impl StoreConnection {
-    /// Connects to `url` with [`connect_options`].
+    /// Connects the pool to `url` with [`connect_options`] (creating a
+    /// SQLite file when the URL says `mode=rwc`), then opens the inline
+    /// connections where they serve ([`InlineSqlite::open`]).
     ///
     /// # Errors
-    /// A bad URL, a pool that cannot open (the server unreachable, bad
-    /// credentials), or a SQLite file that cannot be opened.
+    /// A bad URL; a server that cannot be reached, with why, as [`probe`]
+    /// says it (TLS required or failed, refused, bad credentials); a pool
+    /// that cannot open; or a SQLite file that cannot be opened.
     pub async fn open(url: &str) -> Result<Self, ConnectError> {
         let pooler = DbUrl::parse(url)?.pooler();
-        let db = Database::connect(connect_options(url)?)
-            .await
-            .map_err(ConnectError::Pool)?;
+        let db = match Database::connect(connect_options(url)?).await {
+            Ok(db) => db,
+            Err(e) => {
+                // The pool only says it failed; one plain connection says why.
+                probe(url).await?;
+                return Err(ConnectError::Pool(e));
+            }
+        };
         // After the pool, which creates the file when the URL says so.
         let inline = InlineSqlite::open(url).await?;
         Ok(Self { db, pooler, inline })
     }
 
-    /// The state store, set up for this connection.
+    /// The state store on the pool, set up for this connection. In a
+    /// transaction of your own, use `StateStore::new(&txn)` (on SQLite begun
+    /// with [`begin_writing`]; behind a transaction pooler, with
+    /// `.pooled(self.pooler())` and ended by [`end_pooled_transaction`]).
     pub fn store(&self) -> StateStore<'_, DatabaseConnection> {
         StateStore::new(&self.db)
             .pooled(self.pooler)
             .inline_sqlite(self.inline.as_ref())
     }
 
-    /// The pool: for migrations, the caller's transactions, `admin`.
+    /// The pool: for migrations (`Migrator::up(conn.db(), None)`), your
+    /// own transactions, `service::admin`.
     pub fn db(&self) -> &DatabaseConnection {
         &self.db
     }
 
-    /// The inline SQLite connections, on a SQLite file.
+    /// The pooler the URL names.
+    pub fn pooler(&self) -> Pooler {
+        self.pooler
+    }
+
+    /// The inline SQLite connections: `None` off SQLite, and on SQLite
+    /// where they do not serve (in memory, a shared cache, a file not in
+    /// WAL mode; see [`InlineSqlite::open`]): the store then runs on the
+    /// pool.
     pub fn inline_sqlite(&self) -> Option<&InlineSqlite> {
         self.inline.as_ref()
     }
 
-    /// Closes the pool; the inline connections close as the last clone
-    /// goes.
+    /// Closes the pool, for every clone. The inline connections close, on
+    /// a blocking thread, when the last clone goes; until then a clone's
+    /// store still runs its statements on them.
     ///
     /// # Errors
     /// As [`DatabaseConnection::close`].

@@ -16,23 +16,30 @@
 //!   [`SQLITE_BUSY_TIMEOUT`]. In WAL mode readers do not wait for a writer
 //!   (SQLite itself may pause a reader for microseconds while another
 //!   connection restarts the log, which no busy timeout governs);
-//! * **no `fsync`**: with `synchronous=NORMAL` a WAL-mode commit does not
-//!   sync; SQLite syncs in a checkpoint (copying the log into the database
-//!   file), which its automatic checkpoint runs in whichever commit crosses
-//!   1,000 log pages, and in the first commit after a complete checkpoint
-//!   (it restarts the log, and syncs its header). Here the automatic
-//!   checkpoint is off: a commit past the mark starts the same checkpoint on
-//!   a blocking thread, and the write after a complete one goes to a
-//!   blocking thread too;
+//! * **no `fsync` of its own making**: with `synchronous=NORMAL` a WAL-mode
+//!   commit does not sync; SQLite syncs in a checkpoint (copying the log
+//!   into the database file), which its automatic checkpoint runs in
+//!   whichever commit crosses 1,000 log pages, and in the first commit
+//!   after a complete checkpoint (it restarts the log, and syncs its
+//!   header). Here the automatic checkpoint is off: a commit past the mark
+//!   starts the same checkpoint on a blocking thread, and the write after a
+//!   complete one goes to a blocking thread too. (After a checkpoint that
+//!   another connection ran, the pool's or LangBot's, the write that
+//!   restarts the log may still be one of these, in the calling thread);
 //! * **no opening or closing**: connections are opened on a blocking thread,
 //!   at most [`MAX_CONNECTIONS`] (a caller past that waits for one without
-//!   holding a thread), and closed there;
+//!   holding a thread: while that many writers wait for SQLite's write
+//!   lock, reads wait for a connection too, as they would on the pool's
+//!   two), and closed there;
 //! * nothing else changes: only a file in WAL mode is served, with
 //!   `synchronous=NORMAL` and foreign keys on; the same SQL text and values
 //!   (timestamps as the text sqlx writes); each statement its own
-//!   transaction, as on the pool; SQLite's errors as sqlx reports them (a
+//!   transaction, as on the pool; SQLite's errors as sqlx reports them: a
 //!   [`DbErr`] holding an `sqlx::Error::Database` with SQLite's extended
-//!   code and message), so retries and `DbErr::sql_err` see the same.
+//!   code, kind and message (the same text), so [`crate::retry`] and code
+//!   reading `as_database_error()` see the same. The error inside is this
+//!   module's [`SqliteError`], not sqlx's (whose constructor is private), so
+//!   `DbErr::sql_err()`, which downcasts to sqlx's, returns `None` for it.
 //!
 //! Everything else (migrations, the caller's transactions, `state-admin`)
 //! stays on the SeaORM connection; a store in the caller's transaction does
@@ -59,8 +66,10 @@ use crate::connection::{ConnectError, DbUrl, SQLITE_BUSY_TIMEOUT};
 /// own default for its automatic one.
 const CHECKPOINT_PAGES: i32 = 1000;
 
-/// Connections open at most: enough for every runtime thread and for
-/// writers waiting for SQLite's one write lock; more callers wait for one.
+/// Connections open at most, beside the pool's: statements in the calling
+/// thread need one each for the moment they run, writers waiting for
+/// SQLite's one write lock one each while they wait; more callers wait for
+/// a connection (without a thread).
 pub const MAX_CONNECTIONS: usize = 8;
 
 /// Statements each connection keeps prepared: the store has about ten
@@ -119,7 +128,8 @@ struct Counters {
 #[non_exhaustive]
 pub struct InlineSqliteStats {
     /// Connections opened, the first by [`InlineSqlite::open`]; idle ones
-    /// are kept, so this stays at most [`MAX_CONNECTIONS`].
+    /// are kept, so this stays at most [`MAX_CONNECTIONS`] (unless opening
+    /// one failed: failures are not counted).
     pub connections_opened: u64,
     /// Statements that found the database locked and ran again on a
     /// blocking thread, waiting for the lock.
@@ -136,17 +146,21 @@ type Work<T> = dyn Fn(&rusqlite::Connection, &str, &[rusqlite::types::Value]) ->
 
 impl InlineSqlite {
     /// For the database `url` names, when it is a SQLite file in WAL mode
-    /// (as [`connect`](crate::connection::connect) leaves it); `None` for
-    /// any other database, an in-memory or temporary one, a shared cache
-    /// (whose connections lock tables against each other), a file in
-    /// another journal mode, and for `immutable` or another `vfs`: the store
-    /// then stays on its SeaORM connection. Opens one connection now, on a
-    /// blocking thread, so that a file that cannot be opened says so here;
-    /// never creates the file (connect the pool first). `mode=ro` opens
-    /// read-only.
+    /// (as [`connect`](crate::connection::connect) leaves it); `None`, and
+    /// the store stays on its SeaORM connection without a word, for any
+    /// other database, an in-memory or temporary one, a shared cache (whose
+    /// connections lock tables against each other), a file in another
+    /// journal mode, and a URL with an `immutable` or `vfs` parameter (of
+    /// any value). Opens one connection now, on a blocking thread, so that a
+    /// file that cannot be opened says so here; never creates the file:
+    /// connect the pool first ([`StoreConnection::open`](crate::connection::StoreConnection::open)
+    /// does both). `mode=ro` opens read-only.
     ///
     /// # Errors
-    /// A bad URL, or SQLite cannot open the file.
+    /// [`ConnectError::BadUrl`] or [`ConnectError::UnsupportedScheme`];
+    /// [`ConnectError::Driver`] for a SQLite URL sqlx refuses;
+    /// [`ConnectError::Sqlite`] when SQLite cannot open the file (missing,
+    /// not a database, no permission).
     pub async fn open(url: &str) -> Result<Option<Self>, ConnectError> {
         let url = DbUrl::parse(url)?;
         if url.backend() != DbBackend::Sqlite || url.sqlite_shared_cache() {
@@ -201,7 +215,7 @@ impl InlineSqlite {
         .map_err(ConnectError::Sqlite)
     }
 
-    /// The file.
+    /// The file, as an absolute path (resolved once, by [`open`](Self::open)).
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
@@ -311,8 +325,9 @@ impl InlineSqlite {
             let conn = match conn {
                 Some(conn) => conn,
                 None => {
+                    let conn = connect(&inner.path, inner.flags)?;
                     inner.stats.opened.fetch_add(1, Ordering::Relaxed);
-                    connect(&inner.path, inner.flags)?
+                    conn
                 }
             };
             if !locked {
@@ -488,7 +503,10 @@ fn runtime_err(e: rusqlite::Error) -> RuntimeErr {
 }
 
 /// SQLite's error from an inline connection, as sqlx's own SQLite error
-/// shows it: `(code: N) message`, `code()` the extended result code.
+/// shows it: `(code: N) message`, `code()` the extended result code,
+/// `kind()` the constraint it broke. Reach it through
+/// `DbErr::…(RuntimeErr::SqlxError(e))` and `e.as_database_error()`
+/// (`DbErr::sql_err()` knows only sqlx's own type).
 #[derive(Debug)]
 pub struct SqliteError {
     code: i32,

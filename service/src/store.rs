@@ -123,7 +123,7 @@ where
 
     /// The same store with its statements run by SQLite in the calling
     /// thread ([`InlineSqlite`], on the same file as `db`), not on sqlx's
-    /// worker threads. Only a store on a SQLite [`DatabaseConnection`] (a
+    /// worker threads. Only a store on a SQLite [`DatabaseConnection`](sea_orm::DatabaseConnection) (a
     /// pool) uses it: in the caller's transaction, statements go on the
     /// transaction's connection. `None` changes nothing.
     pub fn inline_sqlite(mut self, inline: Option<&'c InlineSqlite>) -> Self {
