@@ -244,27 +244,26 @@ impl InlineSqlite {
         .await
     }
 
-    /// Runs a query whose first `columns` columns are text (or NULL).
+    /// Runs a query whose first `columns` columns are text (or NULL): their
+    /// cells, row after row.
     pub(crate) async fn query_texts(
         &self,
         stmt: &Statement,
         columns: usize,
-    ) -> Result<Vec<Vec<Option<String>>>, DbErr> {
+    ) -> Result<Vec<Option<String>>, DbErr> {
         self.run(
             stmt,
             true,
             Arc::new(move |conn, sql, params| {
                 let mut prepared = conn.prepare_cached(sql)?;
                 let mut rows = prepared.query(rusqlite::params_from_iter(params))?;
-                let mut texts = Vec::new();
+                let mut cells = Vec::new();
                 while let Some(row) = rows.next()? {
-                    texts.push(
-                        (0..columns)
-                            .map(|i| row.get::<_, Option<String>>(i))
-                            .collect::<rusqlite::Result<_>>()?,
-                    );
+                    for i in 0..columns {
+                        cells.push(row.get::<_, Option<String>>(i)?);
+                    }
                 }
-                Ok(texts)
+                Ok(cells)
             }),
         )
         .await

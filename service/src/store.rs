@@ -170,12 +170,14 @@ where
         }
     }
 
-    /// Runs a query whose columns are all text (nullable).
+    /// Runs a query whose `columns` columns are all text (nullable): their
+    /// cells, row after row (one vector for all, not one per row: a `list`
+    /// has 101 rows).
     async fn query_texts(
         &self,
         stmt: Statement,
         columns: usize,
-    ) -> Result<Vec<Vec<Option<String>>>, DbErr> {
+    ) -> Result<Vec<Option<String>>, DbErr> {
         if let Some(inline) = self.inline {
             return inline.query_texts(&stmt, columns).await;
         }
@@ -187,11 +189,7 @@ where
                     .await
                     .map_err(|e| DbErr::Query(RuntimeErr::SqlxError(e.into())))?;
                 rows.iter()
-                    .map(|row| {
-                        (0..columns)
-                            .map(|i| row.try_get::<Option<String>, _>(i))
-                            .collect::<Result<Vec<_>, _>>()
-                    })
+                    .flat_map(|row| (0..columns).map(move |i| row.try_get::<Option<String>, _>(i)))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| DbErr::Query(RuntimeErr::SqlxError(e.into())))
             }
@@ -200,10 +198,8 @@ where
                 .query_all_raw(stmt)
                 .await?
                 .iter()
-                .map(|row| {
-                    (0..columns)
-                        .map(|i| row.try_get_by_index::<Option<String>>(i))
-                        .collect::<Result<Vec<_>, _>>()
+                .flat_map(|row| {
+                    (0..columns).map(move |i| row.try_get_by_index::<Option<String>>(i))
                 })
                 .collect::<Result<Vec<_>, _>>(),
         }
@@ -266,7 +262,7 @@ where
             .await?
             .into_iter()
             .next()
-            .and_then(|mut row| row.pop().flatten());
+            .flatten();
         match stored {
             None => Ok(None),
             Some(text) => {
@@ -328,7 +324,7 @@ where
             .retrying("list", Resend::Safe, || self.query_texts(stmt.clone(), 1))
             .await?
             .into_iter()
-            .filter_map(|mut row| row.pop().flatten())
+            .flatten()
             .collect();
         let has_more = keys.len() as u64 > limit;
         keys.truncate(limit as usize);
@@ -364,11 +360,12 @@ where
                 self.query_texts(stmt.clone(), 3)
             })
             .await?;
-        let rows = rows.into_iter().map(|mut row| {
-            let value_json = row.pop().flatten();
-            let state_key = row.pop().flatten().unwrap_or_default();
-            let scope_key = row.pop().flatten().unwrap_or_default();
-            (scope_key, state_key, value_json)
+        let mut cells = rows.into_iter();
+        let rows = std::iter::from_fn(|| {
+            let scope_key = cells.next()?.unwrap_or_default();
+            let state_key = cells.next().flatten().unwrap_or_default();
+            let value_json = cells.next().flatten();
+            Some((scope_key, state_key, value_json))
         });
         for (scope_key, state_key, value_json) in rows {
             let Some(scope) = wanted.get(scope_key.as_str()) else {
