@@ -22,8 +22,10 @@
 //!   whichever commit crosses 1,000 log pages, and in the first commit
 //!   after a complete checkpoint (it restarts the log, and syncs its
 //!   header). Here the automatic checkpoint is off: a commit past the mark
-//!   starts the same checkpoint on a blocking thread, and the write after a
-//!   complete one goes to a blocking thread too. (After a checkpoint that
+//!   runs the same checkpoint on a blocking thread, and its caller waits for
+//!   it as SQLite's writer would (a writer that went on meanwhile would keep
+//!   every checkpoint from finishing and the log from ever starting over);
+//!   the write after a complete one goes to a blocking thread too. (After a checkpoint that
 //!   another connection ran, the pool's or LangBot's, the write that
 //!   restarts the log may still be one of these, in the calling thread);
 //! * **no opening or closing**: connections are opened on a blocking thread,
@@ -108,8 +110,12 @@ struct Inner {
     idle: Mutex<Vec<rusqlite::Connection>>,
     /// One per connection that may be open.
     permits: Arc<Semaphore>,
-    /// A checkpoint is running: commits past the mark meanwhile start none.
-    checkpointing: AtomicBool,
+    /// Held while a checkpoint runs: a commit past the mark meanwhile starts
+    /// none, and its caller waits for this one to end, so that writers
+    /// cannot keep every checkpoint from finishing (the log would grow
+    /// without end: it starts over only after a checkpoint that copied all
+    /// of it).
+    checkpoint_running: Arc<tokio::sync::Mutex<()>>,
     /// A checkpoint copied the whole log: the next write restarts it, and
     /// syncs its header, so it goes to a blocking thread.
     log_restart: AtomicBool,
@@ -201,7 +207,7 @@ impl InlineSqlite {
                     flags,
                     idle: Mutex::new(vec![first]),
                     permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
-                    checkpointing: AtomicBool::new(false),
+                    checkpoint_running: Arc::new(tokio::sync::Mutex::new(())),
                     log_restart: AtomicBool::new(false),
                     stats: Counters {
                         opened: AtomicU64::new(1),
@@ -308,7 +314,10 @@ impl InlineSqlite {
         let (conn, locked) = match idle {
             Some(conn) if !restart => match try_once(&conn, &stmt.sql, &params, &*work) {
                 Some((result, pages)) => {
-                    self.inner.finish(conn, pages, permit);
+                    self.inner
+                        .after_commit(conn, pages, permit)
+                        .await
+                        .map_err(|e| to_db_err(RuntimeErr::Internal(e)))?;
                     return result.map_err(|e| to_db_err(runtime_err(e)));
                 }
                 None => {
@@ -396,50 +405,81 @@ fn connect(path: &Path, flags: OpenFlags) -> rusqlite::Result<rusqlite::Connecti
 }
 
 impl Inner {
-    /// Returns `conn` to the idle list, after a checkpoint (on a blocking
-    /// thread) when its commit left the log past the mark; its permit goes
-    /// with it.
-    fn finish(
+    /// After a commit in the calling thread that left `pages` in the log:
+    /// returns `conn` to the idle list, past the mark after a checkpoint on
+    /// a blocking thread, or after the one running ends. The caller waits,
+    /// as SQLite's own writer waits for its automatic checkpoint; its
+    /// thread does not.
+    async fn after_commit(
         self: &Arc<Self>,
         conn: rusqlite::Connection,
         pages: i32,
         permit: OwnedSemaphorePermit,
-    ) {
-        if pages < CHECKPOINT_PAGES || self.checkpointing.swap(true, Ordering::AcqRel) {
-            return self.put_back(conn, permit);
+    ) -> Result<(), String> {
+        if pages < CHECKPOINT_PAGES {
+            self.put_back(conn, permit);
+            return Ok(());
         }
-        let inner = self.clone();
-        let checkpoint = move || {
-            // Clears the flag even if this thread never gets to run it.
-            let running = Running(&inner.checkpointing);
-            // PASSIVE, as SQLite's automatic one: copies what no reader
-            // still needs and waits for no one; a later commit past the
-            // mark starts another for the rest.
-            match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            }) {
-                Ok((busy, log, copied)) => {
-                    inner.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
-                    if busy == 0 && log == copied {
-                        inner.log_restart.store(true, Ordering::Release);
-                    }
-                }
-                // Another connection (the pool's, LangBot's) checkpoints.
-                Err(e) if is_busy(&e) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "SQLite checkpoint failed; a later commit tries again");
+        match self.checkpoint_running.clone().try_lock_owned() {
+            Ok(running) => {
+                let inner = self.clone();
+                tokio::task::spawn_blocking(move || {
+                    inner.checkpoint(&conn);
+                    drop(running);
+                    inner.put_back(conn, permit);
+                })
+                .await
+                .map_err(joined)
+            }
+            Err(_) => {
+                self.put_back(conn, permit);
+                drop(self.checkpoint_running.lock().await);
+                Ok(())
+            }
+        }
+    }
+
+    /// A checkpoint, on a blocking thread, with `checkpoint_running` held.
+    /// PASSIVE, as SQLite's automatic one: copies what no reader still
+    /// needs and waits for no one; a later commit past the mark starts
+    /// another for the rest.
+    fn checkpoint(&self, conn: &rusqlite::Connection) {
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        }) {
+            Ok((busy, log, copied)) => {
+                self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+                if busy == 0 && log == copied {
+                    self.log_restart.store(true, Ordering::Release);
                 }
             }
-            drop(running);
-            inner.put_back(conn, permit);
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(checkpoint)),
-            Err(_) => checkpoint(),
+            // Another connection (the pool's, LangBot's) checkpoints.
+            Err(e) if is_busy(&e) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "SQLite checkpoint failed; a later commit tries again");
+            }
+        }
+    }
+
+    /// [`after_commit`](Self::after_commit) on a blocking thread.
+    fn finish(&self, conn: rusqlite::Connection, pages: i32, permit: OwnedSemaphorePermit) {
+        if pages < CHECKPOINT_PAGES {
+            return self.put_back(conn, permit);
+        }
+        match self.checkpoint_running.clone().try_lock_owned() {
+            Ok(running) => {
+                self.checkpoint(&conn);
+                drop(running);
+                self.put_back(conn, permit);
+            }
+            Err(_) => {
+                self.put_back(conn, permit);
+                drop(self.checkpoint_running.blocking_lock());
+            }
         }
     }
 
@@ -449,15 +489,6 @@ impl Inner {
             .unwrap_or_else(|e| e.into_inner())
             .push(conn);
         drop(permit);
-    }
-}
-
-/// Sets a flag back to false when dropped.
-struct Running<'a>(&'a AtomicBool);
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
     }
 }
 
