@@ -22,10 +22,12 @@
 //!   whichever commit crosses 1,000 log pages, and in the first commit
 //!   after a complete checkpoint (it restarts the log, and syncs its
 //!   header). Here the automatic checkpoint is off: a commit past the mark
-//!   runs the same checkpoint on a blocking thread, and its caller waits for
-//!   it as SQLite's writer would (a writer that went on meanwhile would keep
-//!   every checkpoint from finishing and the log from ever starting over);
-//!   the write after a complete one goes to a blocking thread too. (After a checkpoint that
+//!   starts the same checkpoint on a blocking thread; past four times the
+//!   mark its caller waits for one to finish, as SQLite's writer waits for
+//!   its own (writers that always went on would keep every checkpoint from
+//!   copying the whole log, and the log from ever starting over: it grew to
+//!   1 GB over 20,000 sets before this bound). The write after a complete
+//!   checkpoint goes to a blocking thread too. (After a checkpoint that
 //!   another connection ran, the pool's or LangBot's, the write that
 //!   restarts the log may still be one of these, in the calling thread);
 //! * **no opening or closing**: connections are opened on a blocking thread,
@@ -67,6 +69,13 @@ use crate::connection::{ConnectError, DbUrl, SQLITE_BUSY_TIMEOUT};
 /// Write-ahead log pages past which a commit starts a checkpoint: SQLite's
 /// own default for its automatic one.
 const CHECKPOINT_PAGES: i32 = 1000;
+
+/// Log pages past which a commit's caller waits for the checkpoint, as
+/// SQLite's writer waits for its automatic one: below, the checkpoint runs
+/// beside the writers; past it, they let one finish, so that the log can
+/// start over (it does only after a checkpoint that copied all of it, which
+/// writers going on meanwhile prevent).
+const WAIT_PAGES: i32 = 4 * CHECKPOINT_PAGES;
 
 /// Connections open at most, beside the pool's: statements in the calling
 /// thread need one each for the moment they run, writers waiting for
@@ -406,10 +415,10 @@ fn connect(path: &Path, flags: OpenFlags) -> rusqlite::Result<rusqlite::Connecti
 
 impl Inner {
     /// After a commit in the calling thread that left `pages` in the log:
-    /// returns `conn` to the idle list, past the mark after a checkpoint on
-    /// a blocking thread, or after the one running ends. The caller waits,
-    /// as SQLite's own writer waits for its automatic checkpoint; its
-    /// thread does not.
+    /// returns `conn` to the idle list, past the mark after starting a
+    /// checkpoint on a blocking thread (unless one runs); past
+    /// [`WAIT_PAGES`] the caller waits for the checkpoint to end (its thread
+    /// does not).
     async fn after_commit(
         self: &Arc<Self>,
         conn: rusqlite::Connection,
@@ -420,20 +429,25 @@ impl Inner {
             self.put_back(conn, permit);
             return Ok(());
         }
+        let wait = pages >= WAIT_PAGES;
         match self.checkpoint_running.clone().try_lock_owned() {
             Ok(running) => {
                 let inner = self.clone();
-                tokio::task::spawn_blocking(move || {
+                let checkpoint = tokio::task::spawn_blocking(move || {
                     inner.checkpoint(&conn);
                     drop(running);
                     inner.put_back(conn, permit);
-                })
-                .await
-                .map_err(joined)
+                });
+                if wait {
+                    checkpoint.await.map_err(joined)?;
+                }
+                Ok(())
             }
             Err(_) => {
                 self.put_back(conn, permit);
-                drop(self.checkpoint_running.lock().await);
+                if wait {
+                    drop(self.checkpoint_running.lock().await);
+                }
                 Ok(())
             }
         }
@@ -478,7 +492,9 @@ impl Inner {
             }
             Err(_) => {
                 self.put_back(conn, permit);
-                drop(self.checkpoint_running.blocking_lock());
+                if pages >= WAIT_PAGES {
+                    drop(self.checkpoint_running.blocking_lock());
+                }
             }
         }
     }
