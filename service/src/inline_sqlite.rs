@@ -323,10 +323,7 @@ impl InlineSqlite {
         let (conn, locked) = match idle {
             Some(conn) if !restart => match try_once(&conn, &stmt.sql, &params, &*work) {
                 Some((result, pages)) => {
-                    self.inner
-                        .after_commit(conn, pages, permit)
-                        .await
-                        .map_err(|e| to_db_err(RuntimeErr::Internal(e)))?;
+                    self.inner.after_commit(conn, pages, permit).await;
                     return result.map_err(|e| to_db_err(runtime_err(e)));
                 }
                 None => {
@@ -338,37 +335,48 @@ impl InlineSqlite {
         };
         let inner = self.inner.clone();
         let sql = stmt.sql.clone();
-        tokio::task::spawn_blocking(move || {
+        let (result, wait) = tokio::task::spawn_blocking(move || {
             let conn = match conn {
                 Some(conn) => conn,
-                None => {
-                    let conn = connect(&inner.path, inner.flags)?;
-                    inner.stats.opened.fetch_add(1, Ordering::Relaxed);
-                    conn
-                }
+                None => match connect(&inner.path, inner.flags) {
+                    Ok(conn) => {
+                        inner.stats.opened.fetch_add(1, Ordering::Relaxed);
+                        conn
+                    }
+                    Err(e) => return (Err(e), false),
+                },
             };
             if !locked {
                 match try_once(&conn, &sql, &params, &*work) {
                     Some((result, pages)) => {
-                        inner.finish(conn, pages, permit);
-                        return result;
+                        inner.restart_still_due(restart, pages);
+                        return (result, inner.finish(conn, pages, permit));
                     }
                     None => {
                         inner.stats.waited.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
-            conn.busy_timeout(SQLITE_BUSY_TIMEOUT)?;
+            if let Err(e) = conn.busy_timeout(SQLITE_BUSY_TIMEOUT) {
+                return (Err(e), false);
+            }
             WAL_PAGES.set(0);
             let result = work(&conn, &sql, &params);
             let pages = WAL_PAGES.replace(0);
-            conn.busy_timeout(Duration::ZERO)?;
-            inner.finish(conn, pages, permit);
-            result
+            if conn.busy_timeout(Duration::ZERO).is_err() {
+                // Not back to the idle list: it would wait in the calling
+                // thread. Closed here; the work's result stands.
+                return (result, false);
+            }
+            inner.restart_still_due(restart, pages);
+            (result, inner.finish(conn, pages, permit))
         })
         .await
-        .map_err(|e| to_db_err(RuntimeErr::Internal(joined(e))))?
-        .map_err(|e| to_db_err(runtime_err(e)))
+        .map_err(|e| to_db_err(RuntimeErr::Internal(joined(e))))?;
+        if wait {
+            drop(self.inner.checkpoint_running.lock().await);
+        }
+        result.map_err(|e| to_db_err(runtime_err(e)))
     }
 }
 
@@ -424,33 +432,42 @@ impl Inner {
         conn: rusqlite::Connection,
         pages: i32,
         permit: OwnedSemaphorePermit,
-    ) -> Result<(), String> {
+    ) {
         if pages < CHECKPOINT_PAGES {
-            self.put_back(conn, permit);
-            return Ok(());
+            return self.put_back(conn, permit);
         }
         let wait = pages >= WAIT_PAGES;
         match self.checkpoint_running.clone().try_lock_owned() {
             Ok(running) => {
-                let inner = self.clone();
-                let checkpoint = tokio::task::spawn_blocking(move || {
-                    inner.checkpoint(&conn);
-                    drop(running);
-                    inner.put_back(conn, permit);
-                });
-                if wait {
-                    checkpoint.await.map_err(joined)?;
+                let checkpoint = self.spawn_checkpoint(conn, running, permit);
+                if wait && let Err(e) = checkpoint.await {
+                    // The commit stands; a later one checkpoints again.
+                    tracing::warn!(error = %e, "SQLite checkpoint did not finish");
                 }
-                Ok(())
             }
             Err(_) => {
                 self.put_back(conn, permit);
                 if wait {
                     drop(self.checkpoint_running.lock().await);
                 }
-                Ok(())
             }
         }
+    }
+
+    /// Runs a checkpoint on a blocking thread with `running` held, then
+    /// returns `conn` to the idle list.
+    fn spawn_checkpoint(
+        self: &Arc<Self>,
+        conn: rusqlite::Connection,
+        running: tokio::sync::OwnedMutexGuard<()>,
+        permit: OwnedSemaphorePermit,
+    ) -> tokio::task::JoinHandle<()> {
+        let inner = self.clone();
+        tokio::task::spawn_blocking(move || {
+            inner.checkpoint(&conn);
+            drop(running);
+            inner.put_back(conn, permit);
+        })
     }
 
     /// A checkpoint, on a blocking thread, with `checkpoint_running` held.
@@ -465,36 +482,58 @@ impl Inner {
                 r.get::<_, i64>(2)?,
             ))
         }) {
-            Ok((busy, log, copied)) => {
+            // Busy (not 0): another connection (the pool's, LangBot's) was
+            // checkpointing; nothing done.
+            Ok((0, log, copied)) => {
                 self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
-                if busy == 0 && log == copied {
+                if log == copied {
                     self.log_restart.store(true, Ordering::Release);
                 }
             }
-            // Another connection (the pool's, LangBot's) checkpoints.
-            Err(e) if is_busy(&e) => {}
+            Ok(_) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "SQLite checkpoint failed; a later commit tries again");
             }
         }
     }
 
-    /// [`after_commit`](Self::after_commit) on a blocking thread.
-    fn finish(&self, conn: rusqlite::Connection, pages: i32, permit: OwnedSemaphorePermit) {
-        if pages < CHECKPOINT_PAGES {
-            return self.put_back(conn, permit);
+    /// A write sent here to restart the log that wrote nothing (a delete
+    /// that matched no row, a failure) leaves the restart to the next.
+    fn restart_still_due(&self, restart: bool, pages: i32) {
+        if restart && pages == 0 {
+            self.log_restart.store(true, Ordering::Release);
         }
+    }
+
+    /// [`after_commit`](Self::after_commit) on a blocking thread, which
+    /// runs a checkpoint it must wait for itself; one running elsewhere it
+    /// does not wait for here (a blocking thread parked on it could be the
+    /// one that checkpoint needs): true when the caller should.
+    fn finish(
+        self: &Arc<Self>,
+        conn: rusqlite::Connection,
+        pages: i32,
+        permit: OwnedSemaphorePermit,
+    ) -> bool {
+        if pages < CHECKPOINT_PAGES {
+            self.put_back(conn, permit);
+            return false;
+        }
+        let wait = pages >= WAIT_PAGES;
         match self.checkpoint_running.clone().try_lock_owned() {
-            Ok(running) => {
+            Ok(running) if wait => {
                 self.checkpoint(&conn);
                 drop(running);
                 self.put_back(conn, permit);
+                false
+            }
+            Ok(running) => {
+                drop(self.spawn_checkpoint(conn, running, permit));
+                false
             }
             Err(_) => {
                 self.put_back(conn, permit);
-                if pages >= WAIT_PAGES {
-                    drop(self.checkpoint_running.blocking_lock());
-                }
+                wait
             }
         }
     }
