@@ -339,27 +339,23 @@ where
     };
     let started = Instant::now();
     let mut after = 0i64;
-    let mut attempt = 0;
     loop {
         // A batch that loses a conflict (a deadlock; on Galera, a
         // certification conflict with another node's write, reported at
         // commit) is rolled back whole: count it again from the start.
-        let mut counted = summary.clone();
-        match rename_batch(db, &sql, after, batch_size, &mut counted).await {
-            Ok(next) => {
-                summary = counted;
-                attempt = 0;
-                match next {
-                    Some(next) => after = next,
-                    None => break,
-                }
+        let (next, counted) = service::retry::on_conflict("runner id rename: a batch", || {
+            let mut counted = summary.clone();
+            let sql = &sql;
+            async move {
+                let next = rename_batch(db, sql, after, batch_size, &mut counted).await?;
+                Ok((next, counted))
             }
-            Err(e) if attempt < service::retry::MAX_RETRIES && service::retry::is_transient(&e) => {
-                attempt += 1;
-                tracing::warn!(attempt, error = %e, "runner id rename: a batch lost a write conflict; retrying it");
-                tokio::time::sleep(service::retry::backoff(attempt)).await;
-            }
-            Err(e) => return Err(e),
+        })
+        .await?;
+        summary = counted;
+        match next {
+            Some(next) => after = next,
+            None => break,
         }
     }
     tracing::info!(

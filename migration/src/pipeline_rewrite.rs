@@ -432,26 +432,20 @@ async fn open_next(
     batch_size: u64,
     isolation: Option<IsolationLevel>,
 ) -> Result<Option<Opened>, DbErr> {
-    let mut attempt = 0;
-    loop {
+    let what = format!("{}: reading a batch", rewrite.label);
+    let batch = service::retry::on_conflict(&what, || {
         let range = Range {
             after: after.clone(),
             until: None,
         };
-        match open_batch(db, target, range, Some(batch_size), isolation).await {
-            Err(e) if attempt < service::retry::MAX_RETRIES && service::retry::is_transient(&e) => {
-                attempt += 1;
-                tracing::warn!(attempt, error = %e, "{}: reading a batch hit a lock conflict; retrying it", rewrite.label);
-                tokio::time::sleep(service::retry::backoff(attempt)).await;
-            }
-            Err(e) => return Err(e),
-            Ok(batch) if batch.configs.is_empty() => {
-                batch.txn.commit().await?;
-                return Ok(None);
-            }
-            Ok(batch) => return Ok(Some(batch)),
-        }
+        open_batch(db, target, range, Some(batch_size), isolation)
+    })
+    .await?;
+    if batch.configs.is_empty() {
+        batch.txn.commit().await?;
+        return Ok(None);
     }
+    Ok(Some(batch))
 }
 
 /// Whether a MySQL server writes its binary log by statement, which it
@@ -561,22 +555,20 @@ async fn rewrite_opened(
     isolation: Option<IsolationLevel>,
 ) -> Result<RewriteSummary, DbErr> {
     let range = batch.range.clone();
-    let mut result = finish_batch(rewrite, target, batch).await;
-    let mut attempt = 0;
-    loop {
-        match result {
-            Err(e) if attempt < service::retry::MAX_RETRIES && service::retry::is_transient(&e) => {
-                attempt += 1;
-                tracing::warn!(attempt, error = %e, "{}: a batch lost a write conflict; retrying it", rewrite.label);
-                tokio::time::sleep(service::retry::backoff(attempt)).await;
-                result = match open_batch(db, target, range.clone(), None, isolation).await {
-                    Ok(batch) => finish_batch(rewrite, target, batch).await,
-                    Err(e) => Err(e),
-                };
-            }
-            done => return done,
+    let mut opened = Some(batch);
+    let what = format!("{}: a batch", rewrite.label);
+    service::retry::on_conflict(&what, || {
+        let first = opened.take();
+        let range = range.clone();
+        async move {
+            let batch = match first {
+                Some(batch) => batch,
+                None => open_batch(db, target, range, None, isolation).await?,
+            };
+            finish_batch(rewrite, target, batch).await
         }
-    }
+    })
+    .await
 }
 
 /// Transforms an opened batch's rows, writes them and commits.
@@ -714,21 +706,15 @@ where
     }
     let target = Target::detect(db).await?;
     let mut restored = 0;
-    let mut attempt = 0;
     loop {
-        match restore_batch(db, &target, backup_table, batch_size).await {
-            Ok(0) => break,
-            Ok(n) => {
-                restored += n;
-                attempt = 0;
-            }
-            Err(e) if attempt < service::retry::MAX_RETRIES && service::retry::is_transient(&e) => {
-                attempt += 1;
-                tracing::warn!(attempt, error = %e, "restoring configs: a batch lost a write conflict; retrying it");
-                tokio::time::sleep(service::retry::backoff(attempt)).await;
-            }
-            Err(e) => return Err(e),
+        let n = service::retry::on_conflict("restoring configs: a batch", || {
+            restore_batch(db, &target, backup_table, batch_size)
+        })
+        .await?;
+        if n == 0 {
+            break;
         }
+        restored += n;
     }
     db.execute(&Table::drop().table(backup(backup_table)).to_owned())
         .await?;

@@ -70,6 +70,32 @@ pub fn is_connection_lost(e: &DbErr) -> bool {
     }
 }
 
+/// Runs `op` until it succeeds or fails with something other than a
+/// transient conflict ([`is_transient`]), at most [`MAX_RETRIES`] more
+/// times, pausing [`backoff`] before each and logging each conflict with
+/// `what`. Only for work that is safe to redo whole: nothing of a failed
+/// try may remain (a transaction of its own, rolled back).
+///
+/// # Errors
+/// The first error that is not transient, or the last transient one.
+pub async fn on_conflict<T, F, Fut>(what: &str, mut op: F) -> Result<T, DbErr>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, DbErr>>,
+{
+    let mut attempt = 0;
+    loop {
+        match op().await {
+            Err(e) if attempt < MAX_RETRIES && is_transient(&e) => {
+                attempt += 1;
+                tracing::warn!(attempt, error = %e, "{what} hit a lock or write conflict; retrying it");
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            done => return done,
+        }
+    }
+}
+
 /// The pause before retry number `attempt` (1-based): 10 ms doubling, at
 /// most about 1.3 s, so that conflicting writers spread out.
 pub fn backoff(attempt: u32) -> Duration {
