@@ -153,12 +153,6 @@ pub struct InlineSqliteStats {
     pub checkpoints: u64,
 }
 
-/// A statement's work on a connection: its SQL text and values in, its
-/// result out.
-type Work<T> = dyn Fn(&rusqlite::Connection, &str, &[rusqlite::types::Value]) -> rusqlite::Result<T>
-    + Send
-    + Sync;
-
 impl InlineSqlite {
     /// For the database `url` names, when it is a SQLite file in WAL mode
     /// (as [`connect`](crate::connection::connect) leaves it); `None`, and
@@ -245,17 +239,13 @@ impl InlineSqlite {
     }
 
     /// Runs a statement that returns no rows; the rows it changed.
-    pub(crate) async fn execute(&self, stmt: &Statement) -> Result<u64, DbErr> {
-        self.run(
-            stmt,
-            false,
-            Arc::new(|conn, sql, params| {
-                let changed = conn
-                    .prepare_cached(sql)?
-                    .execute(rusqlite::params_from_iter(params))?;
-                Ok(changed as u64)
-            }),
-        )
+    pub(crate) async fn execute(&self, stmt: Statement) -> Result<u64, DbErr> {
+        self.run(stmt, false, |conn, sql, params| {
+            let changed = conn
+                .prepare_cached(sql)?
+                .execute(rusqlite::params_from_iter(params))?;
+            Ok(changed as u64)
+        })
         .await
     }
 
@@ -263,36 +253,33 @@ impl InlineSqlite {
     /// cells, row after row.
     pub(crate) async fn query_texts(
         &self,
-        stmt: &Statement,
+        stmt: Statement,
         columns: usize,
     ) -> Result<Vec<Option<String>>, DbErr> {
-        self.run(
-            stmt,
-            true,
-            Arc::new(move |conn, sql, params| {
-                let mut prepared = conn.prepare_cached(sql)?;
-                let mut rows = prepared.query(rusqlite::params_from_iter(params))?;
-                let mut cells = Vec::new();
-                while let Some(row) = rows.next()? {
-                    for i in 0..columns {
-                        cells.push(row.get::<_, Option<String>>(i)?);
-                    }
+        self.run(stmt, true, move |conn, sql, params| {
+            let mut prepared = conn.prepare_cached(sql)?;
+            let mut rows = prepared.query(rusqlite::params_from_iter(params))?;
+            let mut cells = Vec::new();
+            while let Some(row) = rows.next()? {
+                for i in 0..columns {
+                    cells.push(row.get::<_, Option<String>>(i)?);
                 }
-                Ok(cells)
-            }),
-        )
+            }
+            Ok(cells)
+        })
         .await
     }
 
     /// Runs `work` on an idle connection in this thread; on a blocking
     /// thread when the database is locked, when a connection must be
     /// opened, or when the write would restart the log.
-    async fn run<T: Send + 'static>(
-        &self,
-        stmt: &Statement,
-        query: bool,
-        work: Arc<Work<T>>,
-    ) -> Result<T, DbErr> {
+    async fn run<T, W>(&self, stmt: Statement, query: bool, work: W) -> Result<T, DbErr>
+    where
+        T: Send + 'static,
+        W: Fn(&rusqlite::Connection, &str, &[rusqlite::types::Value]) -> rusqlite::Result<T>
+            + Send
+            + 'static,
+    {
         let to_db_err = |e| {
             if query {
                 DbErr::Query(e)
@@ -300,7 +287,8 @@ impl InlineSqlite {
                 DbErr::Exec(e)
             }
         };
-        let params = params(stmt).map_err(|e| {
+        let Statement { sql, values, .. } = stmt;
+        let params = params(values).map_err(|e| {
             to_db_err(RuntimeErr::Internal(format!(
                 "the inline SQLite connections cannot bind {e}"
             )))
@@ -321,7 +309,7 @@ impl InlineSqlite {
         let restart = !query && self.inner.log_restart.swap(false, Ordering::AcqRel);
         // Locked: the statement found the write lock taken and waits for it.
         let (conn, locked) = match idle {
-            Some(conn) if !restart => match try_once(&conn, &stmt.sql, &params, &*work) {
+            Some(conn) if !restart => match try_once(&conn, &sql, &params, &work) {
                 Some((result, pages)) => {
                     self.inner.after_commit(conn, pages, permit).await;
                     return result.map_err(|e| to_db_err(runtime_err(e)));
@@ -334,7 +322,6 @@ impl InlineSqlite {
             other => (other, false),
         };
         let inner = self.inner.clone();
-        let sql = stmt.sql.clone();
         let (result, wait) = tokio::task::spawn_blocking(move || {
             let conn = match conn {
                 Some(conn) => conn,
@@ -347,7 +334,7 @@ impl InlineSqlite {
                 },
             };
             if !locked {
-                match try_once(&conn, &sql, &params, &*work) {
+                match try_once(&conn, &sql, &params, &work) {
                     Some((result, pages)) => {
                         inner.restart_still_due(restart, pages);
                         return (result, inner.finish(conn, pages, permit));
@@ -387,7 +374,7 @@ fn try_once<T>(
     conn: &rusqlite::Connection,
     sql: &str,
     params: &[rusqlite::types::Value],
-    work: &Work<T>,
+    work: &impl Fn(&rusqlite::Connection, &str, &[rusqlite::types::Value]) -> rusqlite::Result<T>,
 ) -> Option<(rusqlite::Result<T>, i32)> {
     WAL_PAGES.set(0);
     match work(conn, sql, params) {
@@ -642,27 +629,24 @@ impl DatabaseError for SqliteError {
 }
 
 /// The statement's values as SQLite gets them from sqlx: text, integers,
-/// and timestamps as the text sqlx writes for a `NaiveDateTime`.
-fn params(stmt: &Statement) -> Result<Vec<rusqlite::types::Value>, String> {
+/// and timestamps as the text sqlx writes for a `NaiveDateTime`. Taken,
+/// not copied: a value may be 256 KiB of text.
+fn params(values: Option<sea_orm::Values>) -> Result<Vec<rusqlite::types::Value>, String> {
     use rusqlite::types::Value as V;
     use sea_orm::Value;
-    let Some(values) = &stmt.values else {
-        return Ok(Vec::new());
-    };
     values
-        .0
-        .iter()
+        .map(|v| v.0)
+        .unwrap_or_default()
+        .into_iter()
         .map(|v| {
             Ok(match v {
-                Value::String(s) => s.clone().map_or(V::Null, V::Text),
+                Value::String(s) => s.map_or(V::Null, V::Text),
                 Value::ChronoDateTime(t) => {
                     t.map_or(V::Null, |t| V::Text(t.format("%F %T%.f").to_string()))
                 }
                 Value::BigUnsigned(n) => match n {
                     None => V::Null,
-                    Some(n) => {
-                        V::Integer(i64::try_from(*n).map_err(|_| format!("{n} (over i64)"))?)
-                    }
+                    Some(n) => V::Integer(i64::try_from(n).map_err(|_| format!("{n} (over i64)"))?),
                 },
                 Value::BigInt(n) => n.map_or(V::Null, V::Integer),
                 other => return Err(format!("{other:?}")),

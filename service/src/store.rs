@@ -158,7 +158,7 @@ where
     /// Runs a statement that returns no rows.
     async fn exec(&self, stmt: Statement) -> Result<u64, DbErr> {
         if let Some(inline) = self.inline {
-            return inline.execute(&stmt).await;
+            return inline.execute(stmt).await;
         }
         match self.simple_protocol_pool() {
             Some(pool) => sea_orm::sqlx::raw_sql(sea_orm::sqlx::AssertSqlSafe(stmt.to_string()))
@@ -179,7 +179,7 @@ where
         columns: usize,
     ) -> Result<Vec<Option<String>>, DbErr> {
         if let Some(inline) = self.inline {
-            return inline.query_texts(&stmt, columns).await;
+            return inline.query_texts(stmt, columns).await;
         }
         match self.simple_protocol_pool() {
             Some(pool) => {

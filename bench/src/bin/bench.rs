@@ -448,7 +448,7 @@ impl SqliteWorker {
 
 /// One task's way to the database.
 enum Worker {
-    Store(Arc<DatabaseConnection>, bool, Option<Arc<InlineSqlite>>),
+    Store(Arc<DatabaseConnection>, bool, Option<InlineSqlite>),
     SqlxPool(Arc<DatabaseConnection>, bool),
     Postgres(PgWorker),
     MySql(sea_orm::sqlx::MySqlConnection),
@@ -460,7 +460,7 @@ impl Worker {
     async fn call(&mut self, sql: &sql::Sql, ctx: &StateContext, op: &Op) -> Result<usize, String> {
         match self {
             Worker::Store(db, pooled, inline) => {
-                store_call(db, *pooled, inline.as_deref(), ctx, op).await
+                store_call(db, *pooled, inline.as_ref(), ctx, op).await
             }
             Worker::SqlxPool(db, pooled) => {
                 let (text, values, shape) = sql.of(ctx, op);
@@ -553,7 +553,7 @@ struct Bench {
     /// A pool per node for e_concurrent's tasks.
     wide_pools: Vec<Arc<DatabaseConnection>>,
     /// SQLite: the store's inline connections to the file.
-    inline: Option<Arc<InlineSqlite>>,
+    inline: Option<InlineSqlite>,
     /// The test database's URL on each node.
     urls: Vec<String>,
     pooled: bool,
@@ -753,7 +753,7 @@ async fn main() {
         backend: db_backend,
         pools,
         wide_pools,
-        inline: InlineSqlite::open(&urls[0]).await.unwrap().map(Arc::new),
+        inline: InlineSqlite::open(&urls[0]).await.unwrap(),
         urls,
         pooled,
         sql: Arc::new(sql::Sql {
