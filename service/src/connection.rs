@@ -204,7 +204,8 @@ impl DbUrl {
     /// `mode=memory`), which lives only as long as its connections.
     pub fn sqlite_in_memory(&self) -> bool {
         self.backend == DbBackend::Sqlite
-            && (self.sqlite_path().ends_with(":memory:") || self.sqlite_param("mode", "memory"))
+            && (self.sqlite_path().ends_with(":memory:")
+                || self.sqlite_param_is("mode", Some("memory")))
     }
 
     /// Whether its SQLite connections share one cache (in memory, or
@@ -212,16 +213,19 @@ impl DbUrl {
     /// busy timeout waits for those locks.
     pub fn sqlite_shared_cache(&self) -> bool {
         self.sqlite_in_memory()
-            || (self.backend == DbBackend::Sqlite && self.sqlite_param("cache", "shared"))
+            || (self.backend == DbBackend::Sqlite && self.sqlite_param_is("cache", Some("shared")))
     }
 
     fn sqlite_path(&self) -> &str {
         self.driver_url.split('?').next().unwrap_or_default()
     }
 
-    fn sqlite_param(&self, key: &str, value: &str) -> bool {
+    /// Whether the SQLite URL has parameter `key` set to `value` (any value
+    /// when `None`).
+    pub(crate) fn sqlite_param_is(&self, key: &str, value: Option<&str>) -> bool {
         let query = self.driver_url.split_once('?').map_or("", |(_, q)| q);
-        url::form_urlencoded::parse(query.as_bytes()).any(|(k, v)| k == key && v == value)
+        url::form_urlencoded::parse(query.as_bytes())
+            .any(|(k, v)| k == key && value.is_none_or(|value| v == value))
     }
 
     /// The URL without its password, for messages.

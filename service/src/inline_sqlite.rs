@@ -175,15 +175,10 @@ impl InlineSqlite {
         if url.backend() != DbBackend::Sqlite || url.sqlite_shared_cache() {
             return Ok(None);
         }
-        let query = url.as_str().split_once('?').map_or("", |(_, q)| q);
-        let mut read_only = false;
-        for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
-            match (&*key, &*value) {
-                ("mode", "ro") => read_only = true,
-                ("immutable" | "vfs", _) => return Ok(None),
-                _ => {}
-            }
+        if url.sqlite_param_is("immutable", None) || url.sqlite_param_is("vfs", None) {
+            return Ok(None);
         }
+        let read_only = url.sqlite_param_is("mode", Some("ro"));
         let options = SqliteConnectOptions::from_str(url.as_str()).map_err(ConnectError::Driver)?;
         let path = options.get_filename().to_owned();
         if path.as_os_str().is_empty() {
