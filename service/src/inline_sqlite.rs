@@ -306,7 +306,7 @@ impl InlineSqlite {
         let (conn, locked) = match idle {
             Some(conn) if !restart => match try_once(&conn, &sql, &params, &work) {
                 Some((result, pages)) => {
-                    self.inner.after_commit(conn, pages, permit).await;
+                    self.inner.settle(conn, pages, permit, false).wait().await;
                     return result.map_err(|e| to_db_err(runtime_err(e)));
                 }
                 None => {
@@ -317,7 +317,7 @@ impl InlineSqlite {
             other => (other, false),
         };
         let inner = self.inner.clone();
-        let (result, wait) = tokio::task::spawn_blocking(move || {
+        let (result, settled) = tokio::task::spawn_blocking(move || {
             let conn = match conn {
                 Some(conn) => conn,
                 None => match connect(&inner.path, inner.flags) {
@@ -325,14 +325,14 @@ impl InlineSqlite {
                         inner.stats.opened.fetch_add(1, Ordering::Relaxed);
                         conn
                     }
-                    Err(e) => return (Err(e), false),
+                    Err(e) => return (Err(e), Settled::Done),
                 },
             };
             if !locked {
                 match try_once(&conn, &sql, &params, &work) {
                     Some((result, pages)) => {
                         inner.restart_still_due(restart, pages);
-                        return (result, inner.finish(conn, pages, permit));
+                        return (result, inner.settle(conn, pages, permit, true));
                     }
                     None => {
                         inner.stats.waited.fetch_add(1, Ordering::Relaxed);
@@ -340,7 +340,7 @@ impl InlineSqlite {
                 }
             }
             if let Err(e) = conn.busy_timeout(SQLITE_BUSY_TIMEOUT) {
-                return (Err(e), false);
+                return (Err(e), Settled::Done);
             }
             WAL_PAGES.set(0);
             let result = work(&conn, &sql, &params);
@@ -348,16 +348,14 @@ impl InlineSqlite {
             if conn.busy_timeout(Duration::ZERO).is_err() {
                 // Not back to the idle list: it would wait in the calling
                 // thread. Closed here; the work's result stands.
-                return (result, false);
+                return (result, Settled::Done);
             }
             inner.restart_still_due(restart, pages);
-            (result, inner.finish(conn, pages, permit))
+            (result, inner.settle(conn, pages, permit, true))
         })
         .await
         .map_err(|e| to_db_err(RuntimeErr::Internal(joined(e))))?;
-        if wait {
-            drop(self.inner.checkpoint_running.lock().await);
-        }
+        settled.wait().await;
         result.map_err(|e| to_db_err(runtime_err(e)))
     }
 }
@@ -375,6 +373,30 @@ fn try_once<T>(
     match work(conn, sql, params) {
         Err(e) if is_busy(&e) => None,
         result => Some((result, WAL_PAGES.replace(0))),
+    }
+}
+
+/// What a commit leaves its caller to wait for ([`Inner::settle`]).
+enum Settled {
+    Done,
+    /// The checkpoint it started.
+    Checkpoint(tokio::task::JoinHandle<()>),
+    /// The checkpoint another commit started.
+    Running(Arc<Inner>),
+}
+
+impl Settled {
+    async fn wait(self) {
+        match self {
+            Settled::Done => {}
+            Settled::Checkpoint(checkpoint) => {
+                if let Err(e) = checkpoint.await {
+                    // The commit stands; a later one checkpoints again.
+                    tracing::warn!(error = %e, "SQLite checkpoint did not finish");
+                }
+            }
+            Settled::Running(inner) => drop(inner.checkpoint_running.lock().await),
+        }
     }
 }
 
@@ -404,38 +426,6 @@ fn connect(path: &Path, flags: OpenFlags) -> rusqlite::Result<rusqlite::Connecti
 }
 
 impl Inner {
-    /// After a commit in the calling thread that left `pages` in the log:
-    /// returns `conn` to the idle list, past the mark after starting a
-    /// checkpoint on a blocking thread (unless one runs); past
-    /// [`WAIT_PAGES`] the caller waits for the checkpoint to end (its thread
-    /// does not).
-    async fn after_commit(
-        self: &Arc<Self>,
-        conn: rusqlite::Connection,
-        pages: i32,
-        permit: OwnedSemaphorePermit,
-    ) {
-        if pages < CHECKPOINT_PAGES {
-            return self.put_back(conn, permit);
-        }
-        let wait = pages >= WAIT_PAGES;
-        match self.checkpoint_running.clone().try_lock_owned() {
-            Ok(running) => {
-                let checkpoint = self.spawn_checkpoint(conn, running, permit);
-                if wait && let Err(e) = checkpoint.await {
-                    // The commit stands; a later one checkpoints again.
-                    tracing::warn!(error = %e, "SQLite checkpoint did not finish");
-                }
-            }
-            Err(_) => {
-                self.put_back(conn, permit);
-                if wait {
-                    drop(self.checkpoint_running.lock().await);
-                }
-            }
-        }
-    }
-
     /// Runs a checkpoint on a blocking thread with `running` held, then
     /// returns `conn` to the idle list.
     fn spawn_checkpoint(
@@ -487,35 +477,47 @@ impl Inner {
         }
     }
 
-    /// [`after_commit`](Self::after_commit) on a blocking thread, which
-    /// runs a checkpoint it must wait for itself; one running elsewhere it
-    /// does not wait for here (a blocking thread parked on it could be the
-    /// one that checkpoint needs): true when the caller should.
-    fn finish(
+    /// After a commit that left `pages` in the log: returns `conn` to the
+    /// idle list, past the mark after starting a checkpoint (unless one
+    /// runs). Past [`WAIT_PAGES`] the caller must wait for a checkpoint to
+    /// end, as SQLite's writer waits for its own: on a blocking thread
+    /// (`blocking`) this runs it there; what is left to wait for, the
+    /// caller awaits with [`Settled::wait`] (a blocking thread parked on a
+    /// checkpoint could be the one that checkpoint needs).
+    fn settle(
         self: &Arc<Self>,
         conn: rusqlite::Connection,
         pages: i32,
         permit: OwnedSemaphorePermit,
-    ) -> bool {
+        blocking: bool,
+    ) -> Settled {
         if pages < CHECKPOINT_PAGES {
             self.put_back(conn, permit);
-            return false;
+            return Settled::Done;
         }
         let wait = pages >= WAIT_PAGES;
         match self.checkpoint_running.clone().try_lock_owned() {
-            Ok(running) if wait => {
+            Ok(running) if wait && blocking => {
                 self.checkpoint(&conn);
                 drop(running);
                 self.put_back(conn, permit);
-                false
+                Settled::Done
             }
             Ok(running) => {
-                drop(self.spawn_checkpoint(conn, running, permit));
-                false
+                let checkpoint = self.spawn_checkpoint(conn, running, permit);
+                if wait {
+                    Settled::Checkpoint(checkpoint)
+                } else {
+                    Settled::Done
+                }
             }
             Err(_) => {
                 self.put_back(conn, permit);
-                wait
+                if wait {
+                    Settled::Running(self.clone())
+                } else {
+                    Settled::Done
+                }
             }
         }
     }
