@@ -10,11 +10,15 @@
 //! other tests share. And a real restart, shutdown and start, of the
 //! PostgreSQL and MariaDB servers `scripts/test-dbs.sh` keeps for these
 //! tests alone (`restart postgres-restart|mariadb-restart`). Server backends
-//! only: SQLite has no connection to lose.
+//! only: SQLite has no connection to lose. The store runs on the pool on the
+//! direct and PgBouncer topologies, and on its own connections
+//! (`service::server_connections`) on the others and in the restart tests,
+//! which open it as services do (`StoreConnection`).
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
 use serde_json::json;
+use service::server_connections::ServerConnections;
 use service::{Scope, StateContext, StatePolicy, StateStore};
 use testkit::{Backend, TestDb, on_every_server_topology};
 
@@ -79,8 +83,11 @@ async fn a_pool_survives_its_connections_ending(t: TestDb) {
     // connections open and used.
     let before = other_sessions(&killer).await.len();
     let pool = service::connection::connect(&t.url).await.unwrap();
-    let store = StateStore::new(&pool).pooled(t.pooler());
-    let writers = eight_writers(&pool, t.pooler(), 0);
+    let server = t.server.as_ref();
+    let store = StateStore::new(&pool)
+        .pooled(t.pooler())
+        .server_connections(server);
+    let writers = eight_writers(&pool, t.pooler(), server, 0);
     assert_eq!(errors_of(writers).await, Vec::<String>::new());
     store
         .set(&ctx("u-0"), Scope::Conversation, "topic", &json!("weather"))
@@ -103,7 +110,7 @@ async fn a_pool_survives_its_connections_ending(t: TestDb) {
         ),
     }
 
-    calls_after_losing_connections(&pool, t.pooler(), || end_other_sessions(&killer)).await;
+    calls_after_losing_connections(&pool, t.pooler(), server, || end_other_sessions(&killer)).await;
     pool.close().await.unwrap();
     killer.close().await.unwrap();
 }
@@ -114,12 +121,16 @@ async fn a_pool_survives_its_connections_ending(t: TestDb) {
 async fn calls_after_losing_connections<F, Fut, T>(
     pool: &DatabaseConnection,
     pooler: service::connection::Pooler,
+    server: Option<&ServerConnections>,
     again: F,
 ) where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = T>,
 {
-    let store = StateStore::new(pool).pooled(pooler);
+    let store = StateStore::new(pool)
+        .pooled(pooler)
+        .server_connections(server);
+    let dropped_before = server.map(|s| s.stats().dropped);
     let c = ctx("u-0");
     assert_eq!(
         store.get(&c, Scope::Conversation, "topic").await.unwrap(),
@@ -137,8 +148,19 @@ async fn calls_after_losing_connections<F, Fut, T>(
         .unwrap();
     assert_eq!(snapshot[&Scope::Conversation]["topic"], json!("rain"));
 
+    // The store's own connections found theirs dead and dropped them (the
+    // first call that met one) or pinged them first (the others, idle since
+    // before that loss).
+    if let (Some(server), Some(before)) = (server, dropped_before) {
+        assert!(
+            server.stats().dropped > before,
+            "no dead connection was dropped: {:?}",
+            server.stats()
+        );
+    }
+
     again().await;
-    let writers = eight_writers(pool, pooler, 1);
+    let writers = eight_writers(pool, pooler, server, 1);
     let failed: Vec<String> = errors_of(writers).await;
     assert!(failed.is_empty(), "errors reached the caller: {failed:?}");
     for i in 0..8 {
@@ -215,19 +237,26 @@ async fn a_pool_survives_a_server_restart(backend: Backend, base_var: &str, inst
     });
     let t = TestDb::create(backend, "restart", Some(&base)).await;
     Migrator::up(&t.db, None).await.unwrap();
-    let pool = service::connection::connect(&t.url).await.unwrap();
-    let pooler = service::connection::Pooler::None;
+    // As a service opens it: the pool, and the store's own connections.
+    let conn = service::connection::StoreConnection::open(&t.url)
+        .await
+        .unwrap();
+    let (pool, pooler, server) = (conn.db(), conn.pooler(), conn.server_connections());
+    assert!(
+        server.is_some(),
+        "a plain server gets the store's own connections"
+    );
     assert_eq!(
-        errors_of(eight_writers(&pool, pooler, 0)).await,
+        errors_of(eight_writers(pool, pooler, server, 0)).await,
         Vec::<String>::new()
     );
-    StateStore::new(&pool)
+    conn.store()
         .set(&ctx("u-0"), Scope::Conversation, "topic", &json!("weather"))
         .await
         .unwrap();
     restart(&t, instance).await;
-    calls_after_losing_connections(&pool, pooler, || restart(&t, instance)).await;
-    pool.close().await.unwrap();
+    calls_after_losing_connections(pool, pooler, server, || restart(&t, instance)).await;
+    conn.close().await.unwrap();
 }
 
 /// One test per server: `a_pool_survives_a_server_restart::postgres`, `::mysql`.
@@ -259,14 +288,16 @@ mod a_pool_survives_a_server_restart {
 fn eight_writers(
     pool: &DatabaseConnection,
     pooler: service::connection::Pooler,
+    server: Option<&ServerConnections>,
     value: u32,
 ) -> Vec<tokio::task::JoinHandle<service::Result<()>>> {
     (0..8)
         .map(|i| {
-            let pool = pool.clone();
+            let (pool, server) = (pool.clone(), server.cloned());
             tokio::spawn(async move {
                 StateStore::new(&pool)
                     .pooled(pooler)
+                    .server_connections(server.as_ref())
                     .set(&ctx(&format!("u-{i}")), Scope::Actor, "seen", &json!(value))
                     .await
             })

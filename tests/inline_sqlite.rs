@@ -2,7 +2,7 @@
 //! they differ from the pool: a locked database is waited for on a blocking
 //! thread, checkpoints run there too, and what they cannot serve they say.
 //! The conformance suites run every store scenario on them as well
-//! (`::sqlite_inline`, `testkit::on_every_store_topology!`).
+//! (`::sqlite_own`, `testkit::on_every_store_topology!`).
 
 use std::time::{Duration, Instant};
 
@@ -17,9 +17,9 @@ use testkit::{Backend, TestDb, Topology};
 const RUNNER: &str = "plugin:langbot/local-agent/default";
 
 async fn migrated(hint: &str) -> TestDb {
-    let t = TestDb::on(Backend::Sqlite, Topology::Inline, hint)
+    let t = TestDb::on(Backend::Sqlite, Topology::Own, hint)
         .await
-        .expect("SQLite is always selected here (the test name ends in ::sqlite_inline)");
+        .expect("SQLite is always selected here (the test name ends in ::sqlite_own)");
     Migrator::up(&t.db, None).await.unwrap();
     t
 }
@@ -67,7 +67,7 @@ mod a_locked_database_is_waited_for_off_the_async_thread {
     /// thread, which a set that waited in it would stop (the test polls
     /// and commits on that thread).
     #[tokio::test(flavor = "current_thread")]
-    async fn sqlite_inline() {
+    async fn sqlite_own() {
         let t = migrated("inline_locked").await;
         let ctx = testkit::user_context(RUNNER, "c-1", "u-1");
         let blocker = begin_writing(&t.db, None).await.unwrap();
@@ -112,7 +112,7 @@ mod writers_queued_behind_a_lock_share_a_few_connections {
     /// without a thread; all land once the lock goes, and no more than
     /// `MAX_CONNECTIONS` connections were ever opened.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sqlite_inline() {
+    async fn sqlite_own() {
         let t = std::sync::Arc::new(migrated("inline_queued").await);
         let ctx = testkit::user_context(RUNNER, "c-1", "u-1");
         let blocker = begin_writing(&t.db, None).await.unwrap();
@@ -157,7 +157,7 @@ mod commits_past_the_mark_checkpoint_off_the_async_thread {
     /// past 1,000 log pages starts one on a blocking thread, which copies
     /// the log into the database file.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sqlite_inline() {
+    async fn sqlite_own() {
         let t = migrated("inline_checkpoint").await;
         let ctx = testkit::user_context(RUNNER, "c-1", "u-1");
         let store = t.store();
@@ -198,7 +198,7 @@ mod a_steady_writer_keeps_the_log_small {
     /// debug build writes too slowly to show that, so this guards the
     /// bound, not the waiting.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sqlite_inline() {
+    async fn sqlite_own() {
         let t = migrated("inline_steady_writer").await;
         let ctx = testkit::user_context(RUNNER, "c-1", "u-1");
         let store = t.store();
@@ -237,8 +237,8 @@ mod errors_are_the_pools_errors {
     /// the same error, text and SQLite code, so that what reads sqlx's
     /// errors (retries, `DbErr::sql_err`) reads these.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sqlite_inline() {
-        let t = TestDb::on(Backend::Sqlite, Topology::Inline, "inline_errors")
+    async fn sqlite_own() {
+        let t = TestDb::on(Backend::Sqlite, Topology::Own, "inline_errors")
             .await
             .unwrap();
         let ctx = testkit::user_context(RUNNER, "c-1", "u-1");
@@ -275,7 +275,7 @@ mod open_says_what_it_cannot_serve {
     /// `None` where the store must stay on the pool; an error, keeping
     /// SQLite's, where the file cannot be opened; read-only as the URL says.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sqlite_inline() {
+    async fn sqlite_own() {
         for url in [
             "postgres://u@localhost/db",
             "mysql://u@localhost/db",
@@ -361,7 +361,7 @@ mod store_connection_sets_up_the_store {
     /// store it builds sends its statements there: a set that meets the
     /// write lock is counted as their wait, and lands in the file.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sqlite_inline() {
+    async fn sqlite_own() {
         let t = migrated("inline_store_connection").await;
         let conn = StoreConnection::open(&t.url).await.unwrap();
         let inline = conn.inline_sqlite().expect("a SQLite file");

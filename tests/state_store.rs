@@ -603,11 +603,12 @@ async fn delete_list_limits_and_alias(t: TestDb) {
 async fn works_inside_the_callers_transaction(t: TestDb) {
     migrated(&t).await;
     let c = ctx();
-    // Inline SQLite connections are not the transaction's: given one, the
-    // store still writes in the transaction.
+    // The store's own connections (inline SQLite, a server's) are not the
+    // transaction's: given them, the store still writes in the transaction.
     let txn = t.db.begin().await.unwrap();
     StateStore::new(&txn)
         .inline_sqlite(t.inline.as_ref())
+        .server_connections(t.server.as_ref())
         .set(&c, Scope::Actor, "k", &json!(1))
         .await
         .unwrap();

@@ -19,6 +19,7 @@ use std::time::Duration;
 use sea_orm::sqlx;
 
 use crate::inline_sqlite::InlineSqlite;
+use crate::server_connections::{MAX_SERVER_CONNECTIONS, ServerConnections};
 use crate::store::StateStore;
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
@@ -359,22 +360,26 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
 }
 
 /// What a service that embeds the store keeps: the pool from [`connect`],
-/// and what its URL says the store needs on it: the [`Pooler`] in front,
-/// and on a SQLite file in WAL mode the [`InlineSqlite`] connections that
-/// run the store's statements in the calling thread (see the top-level
-/// README's "Connection settings"). Cheap to clone: clones share the pool
-/// and the inline connections.
+/// and what its URL says the store needs on it: the [`Pooler`] in front;
+/// on a SQLite file in WAL mode the [`InlineSqlite`] connections that run
+/// the store's statements in the calling thread; on a server (not behind a
+/// transaction pooler) the store's own [`ServerConnections`], up to
+/// [`MAX_SERVER_CONNECTIONS`] beside the pool's (see the top-level README's
+/// "Connection settings"). Cheap to clone: clones share the pool and the
+/// store's connections.
 #[derive(Clone, Debug)]
 pub struct StoreConnection {
     db: DatabaseConnection,
     pooler: Pooler,
     inline: Option<InlineSqlite>,
+    server: Option<ServerConnections>,
 }
 
 impl StoreConnection {
     /// Connects the pool to `url` with [`connect_options`] (creating a
-    /// SQLite file when the URL says `mode=rwc`), then opens the inline
-    /// connections where they serve ([`InlineSqlite::open`]).
+    /// SQLite file when the URL says `mode=rwc`), then opens the store's own
+    /// connections where they serve ([`InlineSqlite::open`],
+    /// [`ServerConnections::open`]).
     ///
     /// # Errors
     /// A bad URL; a server that cannot be reached, with why, as [`probe`]
@@ -392,7 +397,13 @@ impl StoreConnection {
         };
         // After the pool, which creates the file when the URL says so.
         let inline = InlineSqlite::open(url).await?;
-        Ok(Self { db, pooler, inline })
+        let server = ServerConnections::open(url, MAX_SERVER_CONNECTIONS).await?;
+        Ok(Self {
+            db,
+            pooler,
+            inline,
+            server,
+        })
     }
 
     /// The state store on the pool, set up for this connection. In a
@@ -403,6 +414,7 @@ impl StoreConnection {
         StateStore::new(&self.db)
             .pooled(self.pooler)
             .inline_sqlite(self.inline.as_ref())
+            .server_connections(self.server.as_ref())
     }
 
     /// The pool: for migrations (`Migrator::up(conn.db(), None)`), your
@@ -424,13 +436,23 @@ impl StoreConnection {
         self.inline.as_ref()
     }
 
-    /// Closes the pool, for every clone. The inline connections close, on
-    /// a blocking thread, when the last clone goes; until then a clone's
-    /// store still runs its statements on them.
+    /// The store's own server connections: `None` on SQLite and behind a
+    /// transaction pooler (the store then runs on the pool).
+    pub fn server_connections(&self) -> Option<&ServerConnections> {
+        self.server.as_ref()
+    }
+
+    /// Closes the pool, for every clone, and the store's idle server
+    /// connections. The inline connections close, on a blocking thread,
+    /// when the last clone goes; until then a clone's store still runs its
+    /// statements on them (and on new server connections).
     ///
     /// # Errors
     /// As [`DatabaseConnection::close`].
     pub async fn close(self) -> Result<(), DbErr> {
+        if let Some(server) = &self.server {
+            server.close().await;
+        }
         self.db.close().await
     }
 }

@@ -12,6 +12,7 @@ pub mod policy;
 pub mod rename;
 pub mod retry;
 pub mod run;
+pub mod server_connections;
 pub mod store;
 pub mod value;
 

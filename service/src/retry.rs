@@ -54,7 +54,12 @@ pub fn is_connection_lost(e: &DbErr) -> bool {
     else {
         return false;
     };
-    match &**err {
+    is_sqlx_connection_lost(err)
+}
+
+/// [`is_connection_lost`] for the driver's own error.
+pub(crate) fn is_sqlx_connection_lost(err: &sea_orm::sqlx::Error) -> bool {
+    match err {
         sea_orm::sqlx::Error::Io(_) => true,
         sea_orm::sqlx::Error::Database(db_err) => {
             if let Some(my) = db_err.try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>()

@@ -25,6 +25,7 @@ use crate::error::{Result, StateError};
 use crate::identity::{IdentityColumns, Scope};
 use crate::inline_sqlite::InlineSqlite;
 use crate::policy::StatePolicy;
+use crate::server_connections::ServerConnections;
 use crate::value::{self, ValueError};
 
 /// Largest serialised value, in bytes of UTF-8.
@@ -95,6 +96,7 @@ pub struct StateStore<'c, C> {
     retry: bool,
     pooled: bool,
     inline: Option<&'c InlineSqlite>,
+    server: Option<&'c ServerConnections>,
 }
 
 // By hand: derived, they would ask `C` to be `Copy` too.
@@ -118,6 +120,7 @@ where
             retry: !in_transaction,
             pooled: false,
             inline: None,
+            server: None,
         }
     }
 
@@ -131,6 +134,24 @@ where
             && self.db.get_database_backend() == DbBackend::Sqlite;
         self.inline = inline.filter(|_| on_pool);
         self
+    }
+
+    /// The same store with its statements on connections of its own to the
+    /// server ([`ServerConnections`], to the same database as `db`), not on
+    /// sqlx's pool. Only a store on a [`DatabaseConnection`](sea_orm::DatabaseConnection)
+    /// (a pool) of the same backend, not behind a transaction pooler, uses
+    /// them: in the caller's transaction, statements go on the transaction's
+    /// connection. `None` changes nothing.
+    pub fn server_connections(mut self, server: Option<&'c ServerConnections>) -> Self {
+        let on_pool = (self.db as &dyn std::any::Any).is::<sea_orm::DatabaseConnection>();
+        let backend = self.db.get_database_backend();
+        self.server = server.filter(|s| on_pool && s.backend() == backend);
+        self
+    }
+
+    /// The server connections to use: none behind a transaction pooler.
+    fn server(&self) -> Option<&ServerConnections> {
+        self.server.filter(|_| !self.pooled)
     }
 
     /// The same store for a connection through a transaction pooler
@@ -160,6 +181,9 @@ where
         if let Some(inline) = self.inline {
             return inline.execute(stmt).await;
         }
+        if let Some(server) = self.server() {
+            return server.execute(stmt).await;
+        }
         match self.simple_protocol_pool() {
             Some(pool) => sea_orm::sqlx::raw_sql(sea_orm::sqlx::AssertSqlSafe(stmt.to_string()))
                 .execute(pool)
@@ -180,6 +204,9 @@ where
     ) -> Result<Vec<Option<String>>, DbErr> {
         if let Some(inline) = self.inline {
             return inline.query_texts(stmt, columns).await;
+        }
+        if let Some(server) = self.server() {
+            return server.query_texts(stmt, columns).await;
         }
         match self.simple_protocol_pool() {
             Some(pool) => {

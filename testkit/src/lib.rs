@@ -75,10 +75,15 @@ pub enum Topology {
     /// node): the code under test uses node 1; [`TestDb::node_urls`] names
     /// every node.
     Galera,
-    /// SQLite with the store's statements on
-    /// [`InlineSqlite`](service::inline_sqlite::InlineSqlite), as services
-    /// are advised to run it ([`TestDb::store`]).
-    Inline,
+    /// The store on its own connections, as
+    /// [`StoreConnection`](service::connection::StoreConnection) sets it up
+    /// for services ([`TestDb::store`]): on SQLite
+    /// [`InlineSqlite`](service::inline_sqlite::InlineSqlite), on a plain
+    /// server [`ServerConnections`](service::server_connections::ServerConnections).
+    /// (On [`Tls`](Self::Tls) and [`Galera`](Self::Galera) the store runs on
+    /// server connections of its own too; on [`Direct`](Self::Direct) and
+    /// [`Pooler`](Self::Pooler), on the pool.)
+    Own,
 }
 
 impl Topology {
@@ -117,8 +122,13 @@ pub struct TestDb {
     /// uses ([`store`](Self::store)); the same pool as `db` unless a pooler
     /// sits in between.
     pub app_db: DatabaseConnection,
-    /// On [`Topology::Inline`], the store's inline connections to the file.
+    /// On [`Topology::Own`] on SQLite, the store's inline connections to the
+    /// file.
     pub inline: Option<service::inline_sqlite::InlineSqlite>,
+    /// On [`Topology::Own`], [`Topology::Tls`] and [`Topology::Galera`] on a
+    /// server, the store's own connections to it (at most
+    /// [`MAX_SERVER_CONNECTIONS`](service::server_connections::MAX_SERVER_CONNECTIONS)).
+    pub server: Option<service::server_connections::ServerConnections>,
     cleanup: Cleanup,
 }
 
@@ -264,11 +274,23 @@ impl TestDb {
                 .unwrap_or_else(|e| panic!("connect {direct_url}: {e}"))
         };
         let inline = match topology {
-            Topology::Inline => Some(
+            Topology::Own if backend == Backend::Sqlite => Some(
                 service::inline_sqlite::InlineSqlite::open(&url)
                     .await
                     .unwrap_or_else(|e| panic!("inline SQLite on {url}: {e}"))
                     .expect("a SQLite file in WAL mode has inline connections"),
+            ),
+            _ => None,
+        };
+        let server = match topology {
+            Topology::Own | Topology::Tls | Topology::Galera if backend != Backend::Sqlite => Some(
+                service::server_connections::ServerConnections::open(
+                    &url,
+                    service::server_connections::MAX_SERVER_CONNECTIONS,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("server connections to {url}: {e}"))
+                .expect("a server without a pooler has server connections"),
             ),
             _ => None,
         };
@@ -280,6 +302,7 @@ impl TestDb {
             db,
             app_db,
             inline,
+            server,
             cleanup,
         }
     }
@@ -313,6 +336,7 @@ impl TestDb {
         service::StateStore::new(&self.app_db)
             .pooled(self.pooler())
             .inline_sqlite(self.inline.as_ref())
+            .server_connections(self.server.as_ref())
     }
 
     /// A connection without the pooler in between, for setting up (running
@@ -608,8 +632,10 @@ macro_rules! on_every_topology {
     )*};
 }
 
-/// As [`on_every_topology!`] without SQLite: for scenarios about servers
-/// (connections a server ends, sessions) that have no SQLite meaning.
+/// As [`on_every_topology!`] without SQLite, and with the store on its own
+/// server connections (`name::postgres_own`, `name::mysql_own`,
+/// [`Topology::Own`]): for scenarios about servers (connections a server
+/// ends, sessions) that have no SQLite meaning.
 #[macro_export]
 macro_rules! on_every_server_topology {
     ($($scenario:ident),* $(,)?) => {$(
@@ -621,6 +647,26 @@ macro_rules! on_every_server_topology {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn mysql() {
                 $crate::run_on($crate::Backend::MySql, stringify!($scenario), super::$scenario).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres_own() {
+                $crate::run_on_topology(
+                    $crate::Backend::Postgres,
+                    $crate::Topology::Own,
+                    stringify!($scenario),
+                    super::$scenario,
+                )
+                .await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql_own() {
+                $crate::run_on_topology(
+                    $crate::Backend::MySql,
+                    $crate::Topology::Own,
+                    stringify!($scenario),
+                    super::$scenario,
+                )
+                .await
             }
             $crate::__topology_tests!($scenario);
         }
@@ -675,9 +721,11 @@ macro_rules! __topology_tests {
     };
 }
 
-/// As [`on_every_topology!`], and also on SQLite with the store's inline
-/// connections (`name::sqlite_inline`, [`Topology::Inline`]): for scenarios
-/// about the store, which [`TestDb::store`] sets up for each.
+/// As [`on_every_topology!`], and also with the store on its own
+/// connections ([`Topology::Own`]): SQLite's inline ones
+/// (`name::sqlite_own`) and a plain server's (`name::postgres_own`,
+/// `name::mysql_own`): for scenarios about the store, which
+/// [`TestDb::store`] sets up for each.
 #[macro_export]
 macro_rules! on_every_store_topology {
     ($($scenario:ident),* $(,)?) => {$(
@@ -685,10 +733,30 @@ macro_rules! on_every_store_topology {
             $crate::__backend_tests!($scenario);
             $crate::__topology_tests!($scenario);
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite_inline() {
+            async fn sqlite_own() {
                 $crate::run_on_topology(
                     $crate::Backend::Sqlite,
-                    $crate::Topology::Inline,
+                    $crate::Topology::Own,
+                    stringify!($scenario),
+                    super::$scenario,
+                )
+                .await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres_own() {
+                $crate::run_on_topology(
+                    $crate::Backend::Postgres,
+                    $crate::Topology::Own,
+                    stringify!($scenario),
+                    super::$scenario,
+                )
+                .await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql_own() {
+                $crate::run_on_topology(
+                    $crate::Backend::MySql,
+                    $crate::Topology::Own,
                     stringify!($scenario),
                     super::$scenario,
                 )

@@ -3,17 +3,19 @@
 //! database:
 //!
 //! * `store`: `StateStore` as the recommended settings set it up
-//!   (`service::connection::StoreConnection`: the pool of `connect`, for
-//!   e_concurrent's 32 tasks on a server one of 34 connections; on SQLite
-//!   the inline connections, `service::inline_sqlite`);
+//!   (`service::connection::StoreConnection`: on a server the store's own
+//!   connections, `service::server_connections`, up to 34 for
+//!   e_concurrent's 32 tasks; on SQLite the inline connections,
+//!   `service::inline_sqlite`);
 //! * `fastest`: the store's own SQL text and values with no ORM and no
 //!   checks, through tokio-postgres (prepared statements), a plain sqlx
 //!   `MySqlConnection`, or rusqlite (prepared, cached; each task a blocking
 //!   thread): one connection per task;
 //! * `sqlx_pool`: the same SQL through the sqlx pool under SeaORM, so that
 //!   the pool's own cost shows apart from the ORM's;
-//! * `store_on_sqlx` (SQLite only): the store without its inline
-//!   connections, every statement on the sqlx pool;
+//! * `store_on_sqlx`: the store without its own connections, every
+//!   statement on the sqlx pool of `connect` (for e_concurrent's 32 tasks on
+//!   a server one of 34 connections);
 //! * with `--langbot <git dir>`: LangBot's own store
 //!   (`bench/langbot/langbot_store.py`), one task, in every run.
 //!
@@ -39,6 +41,7 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::{DatabaseConnection, DbBackend};
 use serde_json::{Value, json};
 use service::inline_sqlite::InlineSqlite;
+use service::server_connections::ServerConnections;
 use service::{
     Actor, Binding, Event, IdentityColumns, Scope, StateContext, StatePolicy, StateStore,
 };
@@ -142,18 +145,20 @@ enum Driver {
     Store,
     Fastest,
     SqlxPool,
-    /// SQLite only: the store without its inline connections, to weigh
-    /// them in the same run.
+    /// The store without its own connections (inline on SQLite, its own
+    /// on a server), to weigh them in the same run.
     StoreOnSqlx,
 }
 
 impl Driver {
     fn all(backend: DbBackend) -> Vec<Self> {
-        let mut all = vec![Self::Store, Self::Fastest, Self::SqlxPool];
-        if backend == DbBackend::Sqlite {
-            all.push(Self::StoreOnSqlx);
-        }
-        all
+        let _ = backend;
+        vec![
+            Self::Store,
+            Self::Fastest,
+            Self::SqlxPool,
+            Self::StoreOnSqlx,
+        ]
     }
 
     fn name(self) -> &'static str {
@@ -448,7 +453,12 @@ impl SqliteWorker {
 
 /// One task's way to the database.
 enum Worker {
-    Store(Arc<DatabaseConnection>, bool, Option<InlineSqlite>),
+    Store(
+        Arc<DatabaseConnection>,
+        bool,
+        Option<InlineSqlite>,
+        Option<ServerConnections>,
+    ),
     SqlxPool(Arc<DatabaseConnection>, bool),
     Postgres(PgWorker),
     MySql(sea_orm::sqlx::MySqlConnection),
@@ -459,8 +469,8 @@ impl Worker {
     /// Rows the call saw (0 for writes), or its error as text.
     async fn call(&mut self, sql: &sql::Sql, ctx: &StateContext, op: &Op) -> Result<usize, String> {
         match self {
-            Worker::Store(db, pooled, inline) => {
-                store_call(db, *pooled, inline.as_ref(), ctx, op).await
+            Worker::Store(db, pooled, inline, server) => {
+                store_call(db, *pooled, inline.as_ref(), server.as_ref(), ctx, op).await
             }
             Worker::SqlxPool(db, pooled) => {
                 let (text, values, shape) = sql.of(ctx, op);
@@ -517,6 +527,7 @@ async fn store_call(
     db: &DatabaseConnection,
     pooled: bool,
     inline: Option<&InlineSqlite>,
+    server: Option<&ServerConnections>,
     ctx: &StateContext,
     op: &Op,
 ) -> Result<usize, String> {
@@ -525,7 +536,10 @@ async fn store_call(
     } else {
         service::connection::Pooler::None
     };
-    let store = StateStore::new(db).pooled(pooler).inline_sqlite(inline);
+    let store = StateStore::new(db)
+        .pooled(pooler)
+        .inline_sqlite(inline)
+        .server_connections(server);
     let result = match op {
         Op::Set { scope, key, value } => store.set(ctx, *scope, key, value).await.map(|()| 0),
         Op::Get { key } => store
@@ -554,6 +568,10 @@ struct Bench {
     wide_pools: Vec<Arc<DatabaseConnection>>,
     /// SQLite: the store's inline connections to the file.
     inline: Option<InlineSqlite>,
+    /// Servers: the store's own connections per node, up to 8 (the
+    /// workloads' tasks), and for e_concurrent up to its tasks and two.
+    server: Vec<Option<ServerConnections>>,
+    wide_server: Vec<Option<ServerConnections>>,
     /// The test database's URL on each node.
     urls: Vec<String>,
     pooled: bool,
@@ -577,9 +595,19 @@ impl Bench {
         };
         match (driver, self.backend) {
             (Driver::Store, _) => {
-                Worker::Store(pools[node].clone(), self.pooled, self.inline.clone())
+                let server = if tasks > TASKS {
+                    &self.wide_server
+                } else {
+                    &self.server
+                };
+                Worker::Store(
+                    pools[node].clone(),
+                    self.pooled,
+                    self.inline.clone(),
+                    server[node].clone(),
+                )
             }
-            (Driver::StoreOnSqlx, _) => Worker::Store(pools[node].clone(), self.pooled, None),
+            (Driver::StoreOnSqlx, _) => Worker::Store(pools[node].clone(), self.pooled, None, None),
             (Driver::SqlxPool, _) => Worker::SqlxPool(pools[node].clone(), self.pooled),
             (Driver::Fastest, DbBackend::Postgres) => {
                 Worker::Postgres(PgWorker::connect(&self.urls[node], self.pooled).await)
@@ -678,7 +706,7 @@ async fn seed(db: &DatabaseConnection, pooled: bool, ctx: &StateContext) {
             key: format!("ns{}.{:03}", k % 10, k / 10),
             value: value(k, 0),
         };
-        store_call(db, pooled, None, ctx, &op).await.unwrap();
+        store_call(db, pooled, None, None, ctx, &op).await.unwrap();
     }
 }
 
@@ -691,9 +719,18 @@ async fn seed_snapshot(db: &DatabaseConnection, pooled: bool, ctx: &StateContext
                 key: format!("k{k}"),
                 value: value(k, 0),
             };
-            store_call(db, pooled, None, ctx, &op).await.unwrap();
+            store_call(db, pooled, None, None, ctx, &op).await.unwrap();
         }
     }
+}
+
+/// The store's own connections to each node, at most `max` each.
+async fn server_connections(urls: &[String], max: usize) -> Vec<Option<ServerConnections>> {
+    let mut all = Vec::new();
+    for url in urls {
+        all.push(ServerConnections::open(url, max).await.unwrap());
+    }
+    all
 }
 
 type Figures = BTreeMap<String, Vec<f64>>;
@@ -754,6 +791,8 @@ async fn main() {
         pools,
         wide_pools,
         inline: InlineSqlite::open(&urls[0]).await.unwrap(),
+        server: server_connections(&urls, TASKS).await,
+        wide_server: server_connections(&urls, E_TASKS + 2).await,
         urls,
         pooled,
         sql: Arc::new(sql::Sql {
@@ -764,6 +803,21 @@ async fn main() {
     seed(&db, pooled, &list_ctx).await;
     let snapshot_ctx = Arc::new(context("d", "d-actor"));
     seed_snapshot(&db, pooled, &snapshot_ctx).await;
+    // Statistics, as a table in service has them: a server plans a prepared
+    // statement once per connection, and on a table it has never analyzed
+    // (rows estimated by the page count) a get by (scope_key, state_key)
+    // planned then can keep the index on scope_key alone, and scan every key
+    // of a conversation, until autovacuum analyzes the table (about a minute
+    // here, the length of the whole bench).
+    let analyze = match db_backend {
+        DbBackend::Postgres => Some("ANALYZE agent_runner_state"),
+        DbBackend::MySql => Some("ANALYZE TABLE agent_runner_state"),
+        _ => None,
+    };
+    if let Some(sql) = analyze {
+        use sea_orm::ConnectionTrait;
+        db.execute_unprepared(sql).await.unwrap();
+    }
 
     let mut figures: BTreeMap<Driver, Figures> = BTreeMap::new();
     let mut e_errors: BTreeMap<&str, usize> = BTreeMap::new();
@@ -855,6 +909,7 @@ async fn main() {
             let rows = store_call(
                 &db,
                 pooled,
+                None,
                 None,
                 &ctx,
                 &Op::List {
