@@ -1,0 +1,268 @@
+//! The store's own server connections (`service::server_connections`):
+//! what they add to the pool's behaviour. A call dropped mid-statement
+//! leaves its connection out of the set; the set never opens more than its
+//! bound; the server's answer to a statement (an error) keeps the
+//! connection, and reaches the caller as the pool reports it; a TLS-only
+//! server refused in plain text says so. (Dead connections:
+//! `tests/dead_connections.rs`; every store scenario runs on them too,
+//! `::postgres_own`, `::mysql_own`.)
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{
+    ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement, TransactionTrait,
+};
+use serde_json::json;
+use service::server_connections::{ServerConnections, ServerConnectionsStats};
+use service::{Scope, StateContext, StateError, StateStore};
+use testkit::{Backend, TestDb, Topology};
+
+fn ctx() -> StateContext {
+    testkit::user_context("plugin:langbot/local-agent/default", "c-1", "u-1")
+}
+
+async fn own(backend: Backend, hint: &str) -> TestDb {
+    TestDb::on(backend, Topology::Own, hint)
+        .await
+        .expect("left out by TEST_BACKENDS but not filtered out")
+}
+
+/// Statements on the test's database waiting for a row lock.
+async fn lock_waits(watcher: &DatabaseConnection) -> usize {
+    let sql = match watcher.get_database_backend() {
+        DbBackend::Postgres => {
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        }
+        _ => {
+            // Statements running on the test's database but this one: the
+            // lock holder sleeps between its statements.
+            "SELECT CAST(COUNT(*) AS SIGNED) FROM information_schema.PROCESSLIST \
+             WHERE DB = DATABASE() AND COMMAND IN ('Query', 'Execute') AND ID <> CONNECTION_ID()"
+        }
+    };
+    let row = watcher
+        .query_one_raw(Statement::from_string(watcher.get_database_backend(), sql))
+        .await
+        .unwrap()
+        .unwrap();
+    usize::try_from(row.try_get_by_index::<i64>(0).unwrap()).unwrap()
+}
+
+/// Polls until `n` statements wait for the lock.
+async fn until_lock_waits(watcher: &DatabaseConnection, n: usize) {
+    let mut polls = 0;
+    while lock_waits(watcher).await < n {
+        polls += 1;
+        assert!(polls < 100_000, "{n} statements never waited for the lock");
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Holds the row lock on every row of `key` in a transaction of `db`'s.
+async fn lock_rows(db: &DatabaseConnection, key: &str) -> sea_orm::DatabaseTransaction {
+    let txn = db.begin().await.unwrap();
+    txn.execute_unprepared(&format!(
+        "UPDATE agent_runner_state SET value_json = value_json WHERE state_key = '{key}'"
+    ))
+    .await
+    .unwrap();
+    txn
+}
+
+/// A connection of the test's own, for watching the server.
+async fn watcher(t: &TestDb) -> DatabaseConnection {
+    Database::connect(t.direct_url.as_str()).await.unwrap()
+}
+
+/// A call dropped while its statement waits on the server: the connection,
+/// which still owes that statement's answer, is dropped, not handed to the
+/// next call; the next call gets a new one and succeeds.
+async fn a_cancelled_call_drops_its_connection(backend: Backend) {
+    let t = own(backend, "cancelled_call").await;
+    Migrator::up(&t.db, None).await.unwrap();
+    let server = t.server.clone().unwrap();
+    let c = ctx();
+    t.store()
+        .set(&c, Scope::Actor, "k", &json!(1))
+        .await
+        .unwrap();
+    let before = server.stats();
+    assert_eq!(before.dropped, 0);
+
+    let txn = lock_rows(&t.db, "k").await;
+    let (db, set) = (t.app_db.clone(), server.clone());
+    let call = tokio::spawn(async move {
+        StateStore::new(&db)
+            .server_connections(Some(&set))
+            .set(&ctx(), Scope::Actor, "k", &json!(2))
+            .await
+    });
+    let watch = watcher(&t).await;
+    until_lock_waits(&watch, 1).await;
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    assert_eq!(server.stats().dropped, before.dropped + 1);
+    txn.rollback().await.unwrap();
+
+    t.store()
+        .set(&c, Scope::Actor, "k", &json!(3))
+        .await
+        .unwrap();
+    assert_eq!(
+        server.stats().connections_opened,
+        before.connections_opened + 1,
+        "the next call did not get a new connection"
+    );
+    // The dropped statement may still have run once the lock went (a
+    // cancelled call's write can land, as on the pool); the key holds one of
+    // the two values.
+    let value = t.store().get(&c, Scope::Actor, "k").await.unwrap();
+    assert!(
+        value == Some(json!(3)) || value == Some(json!(2)),
+        "{value:?}"
+    );
+    watch.close().await.unwrap();
+}
+
+/// Twelve calls at once behind a held row lock on a set of three: three
+/// wait on the server, the rest for a connection, and no more than three
+/// are ever opened.
+async fn the_set_is_bounded(backend: Backend) {
+    const MAX: usize = 3;
+    const CALLS: usize = 12;
+    let t = own(backend, "bounded").await;
+    Migrator::up(&t.db, None).await.unwrap();
+    let server = ServerConnections::open(&t.url, MAX).await.unwrap().unwrap();
+    let c = ctx();
+    StateStore::new(&t.app_db)
+        .server_connections(Some(&server))
+        .set(&c, Scope::Actor, "k", &json!(0))
+        .await
+        .unwrap();
+
+    let txn = lock_rows(&t.db, "k").await;
+    let started = Arc::new(AtomicUsize::new(0));
+    let calls: Vec<_> = (0..CALLS)
+        .map(|i| {
+            let (db, set, started) = (t.app_db.clone(), server.clone(), started.clone());
+            tokio::spawn(async move {
+                started.fetch_add(1, Ordering::SeqCst);
+                StateStore::new(&db)
+                    .server_connections(Some(&set))
+                    .set(&ctx(), Scope::Actor, "k", &json!(i))
+                    .await
+            })
+        })
+        .collect();
+    let watch = watcher(&t).await;
+    until_lock_waits(&watch, MAX).await;
+    let mut polls = 0;
+    while started.load(Ordering::SeqCst) < CALLS {
+        polls += 1;
+        assert!(polls < 100_000, "the calls never started");
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(server.stats().connections_opened, MAX as u64);
+    txn.rollback().await.unwrap();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        server.stats(),
+        ServerConnectionsStats {
+            connections_opened: MAX as u64,
+            pinged: 0,
+            dropped: 0,
+        }
+    );
+    watch.close().await.unwrap();
+    server.close().await;
+}
+
+/// A statement the server refuses (here: no table yet) is the server's
+/// answer, not a lost connection: the error reaches the caller as the pool
+/// reports it (sqlx's own error, with the server's code) and the connection
+/// serves the next call.
+async fn a_refused_statement_keeps_its_connection(backend: Backend) {
+    let t = own(backend, "refused_statement").await;
+    let server = t.server.clone().unwrap();
+    let c = ctx();
+    for _ in 0..2 {
+        let err = t
+            .store()
+            .set(&c, Scope::Actor, "k", &json!(1))
+            .await
+            .unwrap_err();
+        let StateError::Db(db_err) = &err else {
+            panic!("not a database error: {err:?}");
+        };
+        let on_pool = StateStore::new(&t.app_db)
+            .set(&c, Scope::Actor, "k", &json!(1))
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), on_pool.to_string());
+        let code = match db_err {
+            sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e)) => e
+                .as_database_error()
+                .and_then(|d| d.code().map(|c| c.into_owned())),
+            other => panic!("not the driver's error: {other:?}"),
+        };
+        let expected = match backend {
+            Backend::Postgres => "42P01",
+            _ => "42S02",
+        };
+        assert_eq!(code.as_deref(), Some(expected), "{db_err:?}");
+    }
+    assert_eq!(
+        server.stats(),
+        ServerConnectionsStats {
+            connections_opened: 1,
+            pinged: 0,
+            dropped: 0,
+        }
+    );
+}
+
+macro_rules! on_both_servers {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres_own() {
+                super::$scenario(Backend::Postgres).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql_own() {
+                super::$scenario(Backend::MySql).await;
+            }
+        }
+    )*};
+}
+
+on_both_servers!(
+    a_cancelled_call_drops_its_connection,
+    the_set_is_bounded,
+    a_refused_statement_keeps_its_connection,
+);
+
+mod a_tls_only_server_refused_in_plain_text_says_so {
+    use service::connection::ConnectError;
+
+    /// The first connection opens with `open`, so a URL that cannot serve
+    /// fails there, named as `probe` names it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_tls() {
+        let base = std::env::var("TEST_POSTGRES_TLS_URL")
+            .expect("TEST_POSTGRES_TLS_URL is not set: run scripts/test-dbs.sh");
+        let mut url = url::Url::parse(&base).unwrap();
+        url.set_path("/postgres");
+        url.set_query(Some("sslmode=disable"));
+        let err = super::ServerConnections::open(url.as_str(), 2)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ConnectError::TlsRequired(_)), "{err:?}");
+    }
+}
