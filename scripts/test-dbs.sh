@@ -30,6 +30,9 @@
 #                                 shut that server down (as an operator's
 #                                 restart does) and start it again; returns
 #                                 once it answers
+#   scripts/test-dbs.sh down|up postgres-restart|mariadb-restart
+#                                 the two halves of restart: shut it down
+#                                 (returns once it is gone), start it again
 #
 # Safe to run twice: servers already running from the state directory are
 # reused; a half-made data directory (a run killed during initdb) is made
@@ -45,9 +48,9 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 command=${1:-start}
 case $command in start|stop|status) ;;
-    restart) case ${2:-} in postgres-restart|mariadb-restart) ;; *)
-        echo "usage: $0 restart postgres-restart|mariadb-restart" >&2; exit 2 ;; esac ;;
-    *) echo "usage: $0 [start|status|stop|restart NAME]" >&2; exit 2 ;;
+    restart|down|up) case ${2:-} in postgres-restart|mariadb-restart) ;; *)
+        echo "usage: $0 $command postgres-restart|mariadb-restart" >&2; exit 2 ;; esac ;;
+    *) echo "usage: $0 [start|status|stop|restart|down|up NAME]" >&2; exit 2 ;;
 esac
 repo_hash=$(printf '%s' "$repo" | sha256sum | cut -c1-12)
 dir=${TESTDB_DIR:-${TMPDIR:-/tmp}/agent-runner-state-testdb/$repo_hash}
@@ -459,11 +462,23 @@ stop_mariadb() {
     fi
 }
 
-restart() {
+down() {
     case $1 in
-        postgres-restart) stop_pg postgres-restart; start_postgres_restart ;;
-        mariadb-restart) stop_mariadb mariadb-restart; start_mariadb_restart ;;
+        postgres-restart) stop_pg postgres-restart ;;
+        mariadb-restart) stop_mariadb mariadb-restart ;;
     esac
+}
+
+up() {
+    case $1 in
+        postgres-restart) start_postgres_restart ;;
+        mariadb-restart) start_mariadb_restart ;;
+    esac
+}
+
+restart() {
+    down "$1"
+    up "$1"
     log "$1 restarted"
 }
 
@@ -471,6 +486,8 @@ case $command in
     status) status; exit ;;
     stop) stop; exit ;;
     restart) restart "$2"; exit ;;
+    down) down "$2"; log "$2 is down"; exit ;;
+    up) up "$2"; log "$2 is up"; exit ;;
 esac
 
 start_postgres

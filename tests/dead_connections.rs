@@ -13,7 +13,8 @@
 //! only: SQLite has no connection to lose. The store runs on the pool on the
 //! direct and PgBouncer topologies, and on its own connections
 //! (`service::server_connections`) on the others and in the restart tests,
-//! which open it as services do (`StoreConnection`).
+//! which open it as services do (`StoreConnection`), and also make a call
+//! while their server is down, which waits for it to come back.
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
@@ -206,26 +207,33 @@ async fn restart(t: &TestDb, instance: &str) {
         text
     };
     let before = read(check).await;
-    let script = testkit::workspace_root().join("scripts/test-dbs.sh");
-    let name = instance.to_owned();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(script)
-            .args(["restart", &name])
-            .output()
-            .expect("run scripts/test-dbs.sh")
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "restart {instance}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    test_dbs(&["restart", instance]).await;
     let after = read(Database::connect(t.direct_url.as_str()).await.unwrap()).await;
     match t.backend {
         Backend::Postgres => assert_ne!(before, after, "{instance} did not restart"),
         _ => assert_eq!(after, "0", "{instance} did not restart"),
     }
+}
+
+/// Runs `scripts/test-dbs.sh` with `args`, on a blocking thread.
+async fn test_dbs(args: &[&str]) {
+    let script = testkit::workspace_root().join("scripts/test-dbs.sh");
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(script)
+            .args(&args)
+            .output()
+            .expect("run scripts/test-dbs.sh");
+        (args, out)
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.1.status.success(),
+        "scripts/test-dbs.sh {}: {}",
+        out.0.join(" "),
+        String::from_utf8_lossy(&out.1.stderr)
+    );
 }
 
 /// The server restarts under a live pool with connections open and used:
@@ -256,6 +264,23 @@ async fn a_pool_survives_a_server_restart(backend: Backend, base_var: &str, inst
         .unwrap();
     restart(&t, instance).await;
     calls_after_losing_connections(pool, pooler, server, || restart(&t, instance)).await;
+
+    // A call made while the server is down waits for it to come back (as a
+    // call on the pool waits for a connection), and succeeds.
+    test_dbs(&["down", instance]).await;
+    let started = std::sync::Arc::new(tokio::sync::Notify::new());
+    let call = {
+        let (conn, started) = (conn.clone(), started.clone());
+        tokio::spawn(async move {
+            started.notify_one();
+            conn.store()
+                .get(&ctx("u-0"), Scope::Conversation, "topic")
+                .await
+        })
+    };
+    started.notified().await;
+    test_dbs(&["up", instance]).await;
+    assert_eq!(call.await.unwrap().unwrap(), Some(json!("rain")));
     conn.close().await.unwrap();
 }
 

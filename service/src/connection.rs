@@ -247,6 +247,13 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// How long one attempt to open a connection may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a call waits for a connection: for a busy pool, or for a
+/// server that refuses connections while it restarts.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A pooled connection idle this long is pinged before it is handed out;
 /// one in use more recently goes out as it is (see [`connect_options`]).
 pub const PING_IF_IDLE_FOR: Duration = Duration::from_secs(30);
@@ -285,8 +292,8 @@ pub fn connect_options(url: &str) -> Result<ConnectOptions, ConnectError> {
     let url = DbUrl::parse(url)?;
     let mut opts = ConnectOptions::new(url.as_str().to_owned());
     opts.sqlx_logging(false)
-        .connect_timeout(Duration::from_secs(10))
-        .acquire_timeout(Duration::from_secs(30))
+        .connect_timeout(CONNECT_TIMEOUT)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
         .test_before_acquire_if_idle_for(PING_IF_IDLE_FOR)
         .map_sqlx_sqlite_opts(sqlite_defaults);
     match url.backend() {

@@ -25,6 +25,11 @@
 //! * **bounded**: at most the `max` given to [`ServerConnections::open`]
 //!   (a caller past that waits for one); connections idle for
 //!   [`IDLE_TIMEOUT`] are closed;
+//! * **a server that is restarting is waited for**, as the pool waits: a
+//!   new connection refused (or PostgreSQL "starting up") is tried again,
+//!   10 ms later and twice as long each time, for up to [`ACQUIRE_TIMEOUT`];
+//!   a failure to connect is a `DbErr::Conn`, which the store does not
+//!   resend;
 //! * nothing else changes: the same URL (TLS settings included) and the
 //!   driver's own connect options, statements prepared and cached per
 //!   connection as on the pool, one autocommit statement per call, errors
@@ -47,7 +52,9 @@ use sea_orm::{DbBackend, DbErr, RuntimeErr, Statement};
 use sea_query_sqlx::SqlxValues;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::connection::{ConnectError, DbUrl, PING_IF_IDLE_FOR, Pooler};
+use crate::connection::{
+    ACQUIRE_TIMEOUT, CONNECT_TIMEOUT, ConnectError, DbUrl, PING_IF_IDLE_FOR, Pooler,
+};
 
 /// Connections a [`StoreConnection`](crate::connection::StoreConnection)
 /// keeps for the store at most: sqlx's default pool size.
@@ -125,6 +132,53 @@ impl Options {
             Options::Postgres(o) => Conn::Postgres(o.connect().await?),
             Options::MySql(o) => Conn::MySql(o.connect().await?),
         })
+    }
+
+    /// Connects, waiting for a server that refuses connections for now
+    /// (restarting, starting up) as sqlx's pool does: tried again with a
+    /// doubling pause until [`ACQUIRE_TIMEOUT`], each try within
+    /// [`CONNECT_TIMEOUT`].
+    async fn connect_waiting(&self) -> Result<Conn, sqlx::Error> {
+        let deadline = Instant::now() + ACQUIRE_TIMEOUT;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let error = match tokio::time::timeout(left.min(CONNECT_TIMEOUT), self.connect()).await
+            {
+                Ok(Ok(conn)) => return Ok(conn),
+                Ok(Err(e)) if not_up_yet(&e) => e,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(sqlx::Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "connecting to the server timed out",
+                    )));
+                }
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(error);
+            }
+            tokio::time::sleep(pause.min(left)).await;
+            pause = (pause * 2).min(ACQUIRE_TIMEOUT / 5);
+        }
+    }
+}
+
+/// Whether connecting failed because the server is not up (yet, or again):
+/// refused, or cut off while it shuts down, or PostgreSQL still starting.
+fn not_up_yet(e: &sqlx::Error) -> bool {
+    use std::io::ErrorKind;
+    match e {
+        sqlx::Error::Io(io) => matches!(
+            io.kind(),
+            ErrorKind::ConnectionRefused
+                | ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::UnexpectedEof
+        ),
+        sqlx::Error::Database(db) => db.code().as_deref() == Some("57P03"),
+        _ => false,
     }
 }
 
@@ -225,7 +279,7 @@ impl ServerConnections {
 
     /// Runs a statement that returns no rows: the rows it affected.
     pub(crate) async fn execute(&self, stmt: Statement) -> Result<u64, DbErr> {
-        let mut lease = self.take().await.map_err(exec_err)?;
+        let mut lease = self.take().await?;
         let values = SqlxValues(stmt.values.unwrap_or(sea_orm::Values(Vec::new())));
         let sql = sqlx::AssertSqlSafe(stmt.sql);
         let result = match lease.conn() {
@@ -261,7 +315,7 @@ impl ServerConnections {
             }
             Ok(cells)
         }
-        let mut lease = self.take().await.map_err(query_err)?;
+        let mut lease = self.take().await?;
         let values = SqlxValues(stmt.values.unwrap_or(sea_orm::Values(Vec::new())));
         let sql = sqlx::AssertSqlSafe(stmt.sql);
         let result = match lease.conn() {
@@ -279,7 +333,7 @@ impl ServerConnections {
 
     /// A connection for one statement: the most recently used idle one
     /// (pinged first if suspect), else a new one.
-    async fn take(&self) -> Result<Lease<'_>, sqlx::Error> {
+    async fn take(&self) -> Result<Lease<'_>, DbErr> {
         let permit = self
             .inner
             .permits
@@ -328,7 +382,12 @@ impl ServerConnections {
                 }
                 Some(conn) => conn,
                 None => {
-                    let conn = self.inner.options.connect().await?;
+                    let conn = self
+                        .inner
+                        .options
+                        .connect_waiting()
+                        .await
+                        .map_err(|e| DbErr::Conn(RuntimeErr::SqlxError(e.into())))?;
                     self.inner.opened.fetch_add(1, Ordering::Relaxed);
                     conn
                 }
