@@ -1,14 +1,11 @@
 //! The store's own server connections (`service::server_connections`):
 //! what they add to the pool's behaviour. A call dropped mid-statement
-//! leaves its connection out of the set; the set never opens more than its
-//! bound; the server's answer to a statement (an error) keeps the
+//! keeps its place until its answer comes, and its connection is kept; the
+//! set never opens more than its bound; a closed set refuses calls; the server's answer to a statement (an error) keeps the
 //! connection, and reaches the caller as the pool reports it; a TLS-only
 //! server refused in plain text says so. (Dead connections:
 //! `tests/dead_connections.rs`; every store scenario runs on them too,
 //! `::postgres_own`, `::mysql_own`.)
-
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
@@ -77,59 +74,65 @@ async fn watcher(t: &TestDb) -> DatabaseConnection {
     Database::connect(t.direct_url.as_str()).await.unwrap()
 }
 
-/// A call dropped while its statement waits on the server: the connection,
-/// which still owes that statement's answer, is dropped, not handed to the
-/// next call; the next call gets a new one and succeeds.
-async fn a_cancelled_call_drops_its_connection(backend: Backend) {
+/// A call dropped while its statement waits on the server (behind a row
+/// lock): its session goes on, so it keeps its place in the bound (a set of
+/// one here: the next call waits for it) until its answer comes, which is
+/// read to the end; the connection then serves the next call.
+async fn a_cancelled_call_keeps_its_place_until_its_answer(backend: Backend) {
     let t = own(backend, "cancelled_call").await;
     Migrator::up(&t.db, None).await.unwrap();
-    let server = t.server.clone().unwrap();
-    let c = ctx();
-    t.store()
-        .set(&c, Scope::Actor, "k", &json!(1))
-        .await
-        .unwrap();
-    let before = server.stats();
-    assert_eq!(before.dropped, 0);
-
-    let txn = lock_rows(&t.db, "k").await;
-    let (db, set) = (t.app_db.clone(), server.clone());
-    let call = tokio::spawn(async move {
+    let server = ServerConnections::open(&t.url, 1).await.unwrap().unwrap();
+    let store = |db: DatabaseConnection, set: ServerConnections, value: i32| async move {
         StateStore::new(&db)
             .server_connections(Some(&set))
-            .set(&ctx(), Scope::Actor, "k", &json!(2))
+            .set(&ctx(), Scope::Actor, "k", &json!(value))
             .await
-    });
+    };
+    store(t.app_db.clone(), server.clone(), 1).await.unwrap();
+
+    let txn = lock_rows(&t.db, "k").await;
+    let cancelled = tokio::spawn(store(t.app_db.clone(), server.clone(), 2));
     let watch = watcher(&t).await;
     until_lock_waits(&watch, 1).await;
-    call.abort();
-    assert!(call.await.unwrap_err().is_cancelled());
-    assert_eq!(server.stats().dropped, before.dropped + 1);
-    txn.rollback().await.unwrap();
+    cancelled.abort();
+    assert!(cancelled.await.unwrap_err().is_cancelled());
 
-    t.store()
-        .set(&c, Scope::Actor, "k", &json!(3))
-        .await
-        .unwrap();
+    let next = tokio::spawn(store(t.app_db.clone(), server.clone(), 3));
+    let mut polls = 0;
+    while server.stats().waited_for_connection < 1 {
+        polls += 1;
+        assert!(polls < 100_000, "the next call never waited for the place");
+        tokio::task::yield_now().await;
+    }
     assert_eq!(
-        server.stats().connections_opened,
-        before.connections_opened + 1,
-        "the next call did not get a new connection"
+        lock_waits(&watch).await,
+        1,
+        "a second session went to the server"
     );
-    // The dropped statement may still have run once the lock went (a
-    // cancelled call's write can land, as on the pool); the key holds one of
-    // the two values.
-    let value = t.store().get(&c, Scope::Actor, "k").await.unwrap();
-    assert!(
-        value == Some(json!(3)) || value == Some(json!(2)),
-        "{value:?}"
+    txn.rollback().await.unwrap();
+    next.await.unwrap().unwrap();
+    assert_eq!(
+        server.stats(),
+        ServerConnectionsStats {
+            connections_opened: 1,
+            pinged: 0,
+            dropped: 0,
+            waited_for_connection: 1,
+            recovered: 1,
+        }
+    );
+    // The cancelled upsert ran when the lock went, before the next call.
+    assert_eq!(
+        t.store().get(&ctx(), Scope::Actor, "k").await.unwrap(),
+        Some(json!(3))
     );
     watch.close().await.unwrap();
+    server.close().await;
 }
 
 /// Twelve calls at once behind a held row lock on a set of three: three
-/// wait on the server, the rest for a connection, and no more than three
-/// are ever opened.
+/// wait on the server, nine for a connection, and no more than three are
+/// ever opened.
 async fn the_set_is_bounded(backend: Backend) {
     const MAX: usize = 3;
     const CALLS: usize = 12;
@@ -144,12 +147,10 @@ async fn the_set_is_bounded(backend: Backend) {
         .unwrap();
 
     let txn = lock_rows(&t.db, "k").await;
-    let started = Arc::new(AtomicUsize::new(0));
     let calls: Vec<_> = (0..CALLS)
         .map(|i| {
-            let (db, set, started) = (t.app_db.clone(), server.clone(), started.clone());
+            let (db, set) = (t.app_db.clone(), server.clone());
             tokio::spawn(async move {
-                started.fetch_add(1, Ordering::SeqCst);
                 StateStore::new(&db)
                     .server_connections(Some(&set))
                     .set(&ctx(), Scope::Actor, "k", &json!(i))
@@ -160,12 +161,12 @@ async fn the_set_is_bounded(backend: Backend) {
     let watch = watcher(&t).await;
     until_lock_waits(&watch, MAX).await;
     let mut polls = 0;
-    while started.load(Ordering::SeqCst) < CALLS {
+    while server.stats().waited_for_connection < (CALLS - MAX) as u64 {
         polls += 1;
-        assert!(polls < 100_000, "the calls never started");
+        assert!(polls < 100_000, "the calls past the bound never waited");
         tokio::task::yield_now().await;
     }
-    assert_eq!(server.stats().connections_opened, MAX as u64);
+    assert_eq!(lock_waits(&watch).await, MAX);
     txn.rollback().await.unwrap();
     for call in calls {
         call.await.unwrap().unwrap();
@@ -176,10 +177,43 @@ async fn the_set_is_bounded(backend: Backend) {
             connections_opened: MAX as u64,
             pinged: 0,
             dropped: 0,
+            waited_for_connection: (CALLS - MAX) as u64,
+            recovered: 0,
         }
     );
     watch.close().await.unwrap();
     server.close().await;
+}
+
+/// A closed set refuses calls as a closed pool does, and closes a
+/// connection that comes back after.
+async fn a_closed_set_refuses_calls(backend: Backend) {
+    let t = own(backend, "closed_set").await;
+    Migrator::up(&t.db, None).await.unwrap();
+    let server = ServerConnections::open(&t.url, 2).await.unwrap().unwrap();
+    let on = |set: &ServerConnections| {
+        let set = set.clone();
+        let db = t.app_db.clone();
+        async move {
+            StateStore::new(&db)
+                .server_connections(Some(&set))
+                .get(&ctx(), Scope::Actor, "k")
+                .await
+        }
+    };
+    assert_eq!(on(&server).await.unwrap(), None);
+    server.close().await;
+    let err = on(&server).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StateError::Db(sea_orm::DbErr::ConnectionAcquire(
+                sea_orm::ConnAcquireErr::ConnectionClosed
+            ))
+        ),
+        "{err:?}"
+    );
+    assert_eq!(server.stats().dropped, 1);
 }
 
 /// A statement the server refuses (here: no table yet) is the server's
@@ -220,8 +254,7 @@ async fn a_refused_statement_keeps_its_connection(backend: Backend) {
         server.stats(),
         ServerConnectionsStats {
             connections_opened: 1,
-            pinged: 0,
-            dropped: 0,
+            ..ServerConnectionsStats::default()
         }
     );
 }
@@ -243,8 +276,9 @@ macro_rules! on_both_servers {
 }
 
 on_both_servers!(
-    a_cancelled_call_drops_its_connection,
+    a_cancelled_call_keeps_its_place_until_its_answer,
     the_set_is_bounded,
+    a_closed_set_refuses_calls,
     a_refused_statement_keeps_its_connection,
 );
 

@@ -449,10 +449,10 @@ impl StoreConnection {
         self.server.as_ref()
     }
 
-    /// Closes the pool, for every clone, and the store's idle server
-    /// connections. The inline connections close, on a blocking thread,
-    /// when the last clone goes; until then a clone's store still runs its
-    /// statements on them (and on new server connections).
+    /// Closes the pool and the store's server connections, for every
+    /// clone (calls on them then fail, as on a closed pool). The inline
+    /// connections close, on a blocking thread, when the last clone goes;
+    /// until then a clone's store still runs its statements on them.
     ///
     /// # Errors
     /// As [`DatabaseConnection::close`].

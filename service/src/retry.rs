@@ -45,8 +45,9 @@ pub fn is_transient(e: &DbErr) -> bool {
 /// Whether `e` says the connection died under a statement: the socket
 /// failed or closed, or the server ended the session (PostgreSQL `57P01`
 /// to `57P03`, shutdown or termination; `08000`, `08003`, `08006`,
-/// connection lost; MySQL/MariaDB 1053 shutdown, 1927 killed, 4031
-/// disconnected while idle). Only errors of a statement count: a pool that
+/// connection lost, or any error of severity `FATAL`, which ends the
+/// session; MySQL/MariaDB 1053 shutdown, 1152 and 1184 aborted, 1927
+/// killed, 4031 disconnected while idle). Only errors of a statement count: a pool that
 /// cannot open a connection (`DbErr::Conn`, `ConnectionAcquire`) is not one,
 /// and neither is a protocol error (`08P01`) on a healthy connection.
 pub fn is_connection_lost(e: &DbErr) -> bool {
@@ -64,7 +65,19 @@ pub(crate) fn is_sqlx_connection_lost(err: &sea_orm::sqlx::Error) -> bool {
         sea_orm::sqlx::Error::Database(db_err) => {
             if let Some(my) = db_err.try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>()
             {
-                return matches!(my.number(), 1053 | 1927 | 4031);
+                return matches!(my.number(), 1053 | 1152 | 1184 | 1927 | 4031);
+            }
+            // A FATAL error ends the session, whatever its code
+            // (`idle_session_timeout`'s 57P05, a pooler's 08P01 before it
+            // hangs up).
+            if let Some(pg) = db_err.try_downcast_ref::<sea_orm::sqlx::postgres::PgDatabaseError>()
+                && matches!(
+                    pg.severity(),
+                    sea_orm::sqlx::postgres::PgSeverity::Fatal
+                        | sea_orm::sqlx::postgres::PgSeverity::Panic
+                )
+            {
+                return true;
             }
             matches!(
                 db_err.code().as_deref(),

@@ -15,16 +15,26 @@
 //!   set was found dead (a restart or failover ends them all): those are
 //!   checked before use, not each found dead by a statement in turn;
 //! * **a dead connection is dropped, never reused**: a statement whose
-//!   connection died fails with the driver's I/O error (or the server's
-//!   "terminating connection"), the connection is dropped, and the store
-//!   sends a read or an upsert again on another
+//!   connection died fails with the driver's I/O error, or the server's
+//!   error that ends the session (PostgreSQL's `FATAL`, such as
+//!   `idle_session_timeout`; MariaDB's "killed", "shutdown"); the connection
+//!   is dropped, and the store sends a read or an upsert again on another
 //!   ([`retry::is_connection_lost`](crate::retry::is_connection_lost));
-//! * **a cancelled call leaves nothing half-read behind**: when the caller
-//!   drops a call mid-statement, its connection may still owe the rest of
-//!   a result, so it is dropped instead of going back;
+//! * **a cancelled call leaves nothing half-read behind, and still counts**:
+//!   when the caller drops a call mid-statement, its server session may go
+//!   on (waiting for a lock, say) and its connection owes the rest of the
+//!   answer. A task of its own then keeps the connection, and its place in
+//!   the bound, and pings it, which reads that answer to its end; the
+//!   connection goes back if that succeeds, within [`CONNECT_TIMEOUT`] of
+//!   the statement's end, and is dropped otherwise;
 //! * **bounded**: at most the `max` given to [`ServerConnections::open`]
-//!   (a caller past that waits for one); connections idle for
-//!   [`IDLE_TIMEOUT`] are closed;
+//!   (a caller past that waits for one, up to [`ACQUIRE_TIMEOUT`] in all,
+//!   then fails with `DbErr::ConnectionAcquire`); connections idle for
+//!   [`IDLE_TIMEOUT`], or open for [`MAX_LIFETIME`], are closed, as the
+//!   pool closes them;
+//! * **a hung connection is given up on**: a ping that does not answer
+//!   within [`CONNECT_TIMEOUT`] (a flow a load balancer or firewall dropped
+//!   without a word) counts as a dead connection;
 //! * **a server that is restarting is waited for**, as the pool waits: a
 //!   new connection refused (or PostgreSQL "starting up") is tried again,
 //!   10 ms later and twice as long each time, for up to [`ACQUIRE_TIMEOUT`];
@@ -41,14 +51,14 @@
 //! else (migrations, the caller's transactions, `state-admin`) stays on the
 //! SeaORM connection.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sea_orm::sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgConnection};
 use sea_orm::sqlx::{self, ConnectOptions, Connection, Row};
-use sea_orm::{DbBackend, DbErr, RuntimeErr, Statement};
+use sea_orm::{ConnAcquireErr, DbBackend, DbErr, RuntimeErr, Statement};
 use sea_query_sqlx::SqlxValues;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -63,6 +73,12 @@ pub const MAX_SERVER_CONNECTIONS: usize = 10;
 /// A connection idle this long is closed rather than handed out (sqlx's
 /// pool default).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A connection open this long is closed when it comes back (sqlx's pool
+/// default): a server's per-session state (its plans, a failover that left
+/// a session on a read-only node, a load balancer's choice of node) does
+/// not last forever.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(1800);
 
 /// The store's own connections to one server. Cheap to clone: clones share
 /// the connections.
@@ -87,18 +103,27 @@ pub struct ServerConnectionsStats {
     pub connections_opened: u64,
     /// Connections pinged before use (idle long, or suspect after a loss).
     pub pinged: u64,
-    /// Connections dropped: found dead, left mid-statement by a cancelled
-    /// call, or idle past [`IDLE_TIMEOUT`].
+    /// Connections dropped or closed: found dead, left by a cancelled call
+    /// whose answer did not come, idle past [`IDLE_TIMEOUT`], open past
+    /// [`MAX_LIFETIME`], or back after [`ServerConnections::close`].
     pub dropped: u64,
+    /// Calls that found every connection in use and waited for one.
+    pub waited_for_connection: u64,
+    /// Connections a cancelled call left that were read to the end of
+    /// their answer and kept.
+    pub recovered: u64,
 }
 
 struct Inner {
     options: Options,
     state: Mutex<State>,
     permits: Arc<Semaphore>,
+    closed: AtomicBool,
     opened: AtomicU64,
     pinged: AtomicU64,
     dropped: AtomicU64,
+    waited: AtomicU64,
+    recovered: AtomicU64,
 }
 
 #[derive(Default)]
@@ -107,6 +132,12 @@ struct State {
     idle: Vec<Idle>,
     /// When a connection of the set was last found dead.
     lost_at: Option<Instant>,
+}
+
+/// A connection and when it was opened.
+struct Conn {
+    kind: ConnKind,
+    opened_at: Instant,
 }
 
 struct Idle {
@@ -128,36 +159,35 @@ impl Options {
     }
 
     async fn connect(&self) -> Result<Conn, sqlx::Error> {
-        Ok(match self {
-            Options::Postgres(o) => Conn::Postgres(o.connect().await?),
-            Options::MySql(o) => Conn::MySql(o.connect().await?),
+        let kind = match self {
+            Options::Postgres(o) => ConnKind::Postgres(o.connect().await?),
+            Options::MySql(o) => ConnKind::MySql(o.connect().await?),
+        };
+        Ok(Conn {
+            kind,
+            opened_at: Instant::now(),
         })
     }
 
     /// Connects, waiting for a server that refuses connections for now
     /// (restarting, starting up) as sqlx's pool does: tried again with a
-    /// doubling pause until [`ACQUIRE_TIMEOUT`], each try within
-    /// [`CONNECT_TIMEOUT`].
-    async fn connect_waiting(&self) -> Result<Conn, sqlx::Error> {
-        let deadline = Instant::now() + ACQUIRE_TIMEOUT;
+    /// doubling pause until `deadline`, each try within
+    /// [`CONNECT_TIMEOUT`]. `None` when the deadline passed first.
+    async fn connect_waiting(&self, deadline: Instant) -> Option<Result<Conn, sqlx::Error>> {
         let mut pause = Duration::from_millis(10);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let error = match tokio::time::timeout(left.min(CONNECT_TIMEOUT), self.connect()).await
             {
-                Ok(Ok(conn)) => return Ok(conn),
+                Ok(Ok(conn)) => return Some(Ok(conn)),
                 Ok(Err(e)) if not_up_yet(&e) => e,
-                Ok(Err(e)) => return Err(e),
-                Err(_) => {
-                    return Err(sqlx::Error::Io(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "connecting to the server timed out",
-                    )));
-                }
+                Ok(Err(e)) => return Some(Err(e)),
+                Err(_) if left <= CONNECT_TIMEOUT => return None,
+                Err(_) => sqlx::Error::Io(std::io::ErrorKind::TimedOut.into()),
             };
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(error);
+                return Some(Err(error));
             }
             tokio::time::sleep(pause.min(left)).await;
             pause = (pause * 2).min(ACQUIRE_TIMEOUT / 5);
@@ -176,30 +206,46 @@ fn not_up_yet(e: &sqlx::Error) -> bool {
                 | ErrorKind::ConnectionReset
                 | ErrorKind::ConnectionAborted
                 | ErrorKind::UnexpectedEof
+                | ErrorKind::TimedOut
         ),
         sqlx::Error::Database(db) => db.code().as_deref() == Some("57P03"),
         _ => false,
     }
 }
 
-enum Conn {
+enum ConnKind {
     Postgres(PgConnection),
     MySql(MySqlConnection),
 }
 
 impl Conn {
+    /// A round trip, which first reads whatever answer the connection still
+    /// owes (a statement whose caller went away).
     async fn ping(&mut self) -> Result<(), sqlx::Error> {
-        match self {
-            Conn::Postgres(c) => c.ping().await,
-            Conn::MySql(c) => c.ping().await,
+        match &mut self.kind {
+            ConnKind::Postgres(c) => c.ping().await,
+            ConnKind::MySql(c) => c.ping().await,
         }
     }
 
+    /// [`ping`](Self::ping) within [`CONNECT_TIMEOUT`]: whether the
+    /// connection answered.
+    async fn answers(&mut self) -> bool {
+        matches!(
+            tokio::time::timeout(CONNECT_TIMEOUT, self.ping()).await,
+            Ok(Ok(()))
+        )
+    }
+
     async fn close(self) {
-        let _ = match self {
-            Conn::Postgres(c) => c.close().await,
-            Conn::MySql(c) => c.close().await,
+        let _ = match self.kind {
+            ConnKind::Postgres(c) => c.close().await,
+            ConnKind::MySql(c) => c.close().await,
         };
+    }
+
+    fn too_old(&self, now: Instant) -> bool {
+        now.duration_since(self.opened_at) >= MAX_LIFETIME
     }
 }
 
@@ -247,9 +293,12 @@ impl ServerConnections {
                     lost_at: None,
                 }),
                 permits: Arc::new(Semaphore::new(max.max(1))),
+                closed: AtomicBool::new(false),
                 opened: AtomicU64::new(1),
                 pinged: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
+                waited: AtomicU64::new(0),
+                recovered: AtomicU64::new(0),
             }),
         }))
     }
@@ -261,18 +310,24 @@ impl ServerConnections {
 
     /// What the connections did so far.
     pub fn stats(&self) -> ServerConnectionsStats {
+        let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
         ServerConnectionsStats {
-            connections_opened: self.inner.opened.load(Ordering::Relaxed),
-            pinged: self.inner.pinged.load(Ordering::Relaxed),
-            dropped: self.inner.dropped.load(Ordering::Relaxed),
+            connections_opened: load(&self.inner.opened),
+            pinged: load(&self.inner.pinged),
+            dropped: load(&self.inner.dropped),
+            waited_for_connection: load(&self.inner.waited),
+            recovered: load(&self.inner.recovered),
         }
     }
 
-    /// Closes the idle connections (those in use close when their call
-    /// ends and the last clone is gone).
+    /// Closes the set, for every clone: the idle connections now, those in
+    /// use when their call ends. Calls from now on fail with
+    /// `DbErr::ConnectionAcquire(ConnectionClosed)`, as on a closed pool.
     pub async fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
         let idle = std::mem::take(&mut self.inner.lock().idle);
         for i in idle {
+            self.inner.dropped.fetch_add(1, Ordering::Relaxed);
             i.conn.close().await;
         }
     }
@@ -283,11 +338,11 @@ impl ServerConnections {
         let values = SqlxValues(stmt.values.unwrap_or(sea_orm::Values(Vec::new())));
         let sql = sqlx::AssertSqlSafe(stmt.sql);
         let result = match lease.conn() {
-            Conn::Postgres(c) => sqlx::query_with(sql, values)
+            ConnKind::Postgres(c) => sqlx::query_with(sql, values)
                 .execute(c)
                 .await
                 .map(|r| r.rows_affected()),
-            Conn::MySql(c) => sqlx::query_with(sql, values)
+            ConnKind::MySql(c) => sqlx::query_with(sql, values)
                 .execute(c)
                 .await
                 .map(|r| r.rows_affected()),
@@ -319,11 +374,11 @@ impl ServerConnections {
         let values = SqlxValues(stmt.values.unwrap_or(sea_orm::Values(Vec::new())));
         let sql = sqlx::AssertSqlSafe(stmt.sql);
         let result = match lease.conn() {
-            Conn::Postgres(c) => sqlx::query_with(sql, values)
+            ConnKind::Postgres(c) => sqlx::query_with(sql, values)
                 .fetch_all(c)
                 .await
                 .and_then(|rows| cells(&rows, columns)),
-            Conn::MySql(c) => sqlx::query_with(sql, values)
+            ConnKind::MySql(c) => sqlx::query_with(sql, values)
                 .fetch_all(c)
                 .await
                 .and_then(|rows| cells(&rows, columns)),
@@ -331,71 +386,54 @@ impl ServerConnections {
         lease.finish(result).map_err(query_err)
     }
 
-    /// A connection for one statement: the most recently used idle one
-    /// (pinged first if suspect), else a new one.
-    async fn take(&self) -> Result<Lease<'_>, DbErr> {
-        let permit = self
-            .inner
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
+    /// A connection for one statement, within [`ACQUIRE_TIMEOUT`]: the most
+    /// recently used idle one (pinged first if suspect), else a new one.
+    async fn take(&self) -> Result<Lease, DbErr> {
+        let deadline = Instant::now() + ACQUIRE_TIMEOUT;
+        let timed_out = || DbErr::ConnectionAcquire(ConnAcquireErr::Timeout);
+        let closed = || DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed);
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(closed());
+        }
+        let permits = self.inner.permits.clone();
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                self.inner.waited.fetch_add(1, Ordering::Relaxed);
+                tokio::time::timeout_at(deadline.into(), permits.acquire_owned())
+                    .await
+                    .map_err(|_| timed_out())?
+                    .expect("the semaphore is never closed")
+            }
+        };
         loop {
-            let (idle, suspect) = {
-                let mut state = self.inner.lock();
-                let now = Instant::now();
-                // The oldest first: close those idle too long.
-                let stale = state
-                    .idle
-                    .iter()
-                    .take_while(|i| now.duration_since(i.since) >= IDLE_TIMEOUT)
-                    .count();
-                let stale: Vec<Idle> = state.idle.drain(..stale).collect();
-                if !stale.is_empty() {
-                    self.inner
-                        .dropped
-                        .fetch_add(stale.len() as u64, Ordering::Relaxed);
-                    tokio::spawn(async move {
-                        for i in stale {
-                            i.conn.close().await;
-                        }
-                    });
-                }
-                match state.idle.pop() {
-                    Some(i) => {
-                        let suspect = now.duration_since(i.since) >= PING_IF_IDLE_FOR
-                            || state.lost_at.is_some_and(|lost| i.since <= lost);
-                        (Some(i.conn), suspect)
-                    }
-                    None => (None, false),
-                }
-            };
+            if self.inner.closed.load(Ordering::SeqCst) {
+                return Err(closed());
+            }
+            let (idle, suspect) = self.inner.pop_idle();
             let conn = match idle {
                 Some(mut conn) if suspect => {
                     self.inner.pinged.fetch_add(1, Ordering::Relaxed);
-                    if conn.ping().await.is_err() {
-                        self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+                    if !conn.answers().await {
+                        self.inner.lost();
                         continue;
                     }
                     conn
                 }
                 Some(conn) => conn,
-                None => {
-                    let conn = self
-                        .inner
-                        .options
-                        .connect_waiting()
-                        .await
-                        .map_err(|e| DbErr::Conn(RuntimeErr::SqlxError(e.into())))?;
-                    self.inner.opened.fetch_add(1, Ordering::Relaxed);
-                    conn
-                }
+                None => match self.inner.options.connect_waiting(deadline).await {
+                    Some(Ok(conn)) => {
+                        self.inner.opened.fetch_add(1, Ordering::Relaxed);
+                        conn
+                    }
+                    Some(Err(e)) => return Err(DbErr::Conn(RuntimeErr::SqlxError(e.into()))),
+                    None => return Err(timed_out()),
+                },
             };
             return Ok(Lease {
-                set: &self.inner,
+                set: self.inner.clone(),
                 conn: Some(conn),
-                _permit: permit,
+                permit: Some(permit),
             });
         }
     }
@@ -406,45 +444,125 @@ impl Inner {
         // A panic while holding the lock leaves the list consistent.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// The most recently used idle connection, and whether to ping it
+    /// first; closes those idle past [`IDLE_TIMEOUT`] or open past
+    /// [`MAX_LIFETIME`] on the way.
+    fn pop_idle(&self) -> (Option<Conn>, bool) {
+        let now = Instant::now();
+        let mut stale = Vec::new();
+        let mut state = self.lock();
+        // Oldest first: those idle too long lead the list.
+        let idle_long = state
+            .idle
+            .iter()
+            .take_while(|i| now.duration_since(i.since) >= IDLE_TIMEOUT)
+            .count();
+        stale.extend(state.idle.drain(..idle_long).map(|i| i.conn));
+        let lost_at = state.lost_at;
+        let popped = loop {
+            match state.idle.pop() {
+                Some(i) if i.conn.too_old(now) => stale.push(i.conn),
+                other => break other,
+            }
+        };
+        drop(state);
+        self.close_in_background(stale);
+        match popped {
+            Some(i) => {
+                let suspect = now.duration_since(i.since) >= PING_IF_IDLE_FOR
+                    || lost_at.is_some_and(|lost| i.since <= lost);
+                (Some(i.conn), suspect)
+            }
+            None => (None, false),
+        }
+    }
+
+    /// Takes a connection back: idle again, or closed when the set is
+    /// closed or the connection too old.
+    fn give_back(&self, conn: Conn) {
+        let now = Instant::now();
+        if self.closed.load(Ordering::SeqCst) || conn.too_old(now) {
+            self.close_in_background(vec![conn]);
+        } else {
+            self.lock().idle.push(Idle { conn, since: now });
+        }
+    }
+
+    /// A connection of the set was found dead (and dropped): those idle
+    /// since before now are pinged before their next use.
+    fn lost(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        self.lock().lost_at = Some(Instant::now());
+    }
+
+    fn close_in_background(&self, conns: Vec<Conn>) {
+        if conns.is_empty() {
+            return;
+        }
+        self.dropped
+            .fetch_add(conns.len() as u64, Ordering::Relaxed);
+        tokio::spawn(async move {
+            for conn in conns {
+                conn.close().await;
+            }
+        });
+    }
 }
 
-/// One connection out of the set for one statement. Dropped before
-/// [`finish`](Self::finish) (the caller's future dropped mid-statement),
-/// it drops the connection: its result may be half-read.
-struct Lease<'a> {
-    set: &'a Inner,
+/// One connection out of the set for one statement, with its place in the
+/// bound. Dropped before [`finish`](Self::finish) (the caller's future
+/// dropped mid-statement), it hands both to a task that reads the answer
+/// the connection still owes, then gives the connection back.
+struct Lease {
+    set: Arc<Inner>,
     conn: Option<Conn>,
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
-impl Lease<'_> {
-    fn conn(&mut self) -> &mut Conn {
-        self.conn
+impl Lease {
+    fn conn(&mut self) -> &mut ConnKind {
+        &mut self
+            .conn
             .as_mut()
             .expect("a lease holds its connection until it ends")
+            .kind
     }
 
     /// Gives the connection back unless `result` says it is lost.
     fn finish<T>(mut self, result: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
         let conn = self.conn.take().expect("finished once");
         match &result {
-            Err(e) if is_lost(e) => {
-                self.set.dropped.fetch_add(1, Ordering::Relaxed);
-                self.set.lock().lost_at = Some(Instant::now());
-            }
-            _ => self.set.lock().idle.push(Idle {
-                conn,
-                since: Instant::now(),
-            }),
+            Err(e) if is_lost(e) => self.set.lost(),
+            _ => self.set.give_back(conn),
         }
         result
     }
 }
 
-impl Drop for Lease<'_> {
+impl Drop for Lease {
     fn drop(&mut self) {
-        if self.conn.take().is_some() {
-            self.set.dropped.fetch_add(1, Ordering::Relaxed);
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        let (set, permit) = (self.set.clone(), self.permit.take());
+        let recover = async move {
+            // The session may still be running the statement (a lock
+            // wait): it keeps its place in the bound until it answers.
+            let _permit = permit;
+            if conn.answers().await {
+                set.recovered.fetch_add(1, Ordering::Relaxed);
+                set.give_back(conn);
+            } else {
+                set.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(recover)),
+            // No runtime to read the answer on: the connection goes.
+            Err(_) => {
+                self.set.dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }
