@@ -25,8 +25,8 @@
 //!   on (waiting for a lock, say) and its connection owes the rest of the
 //!   answer. A task of its own then keeps the connection, and its place in
 //!   the bound, and pings it, which reads that answer to its end; the
-//!   connection goes back if that succeeds, within [`CONNECT_TIMEOUT`] of
-//!   the statement's end, and is dropped otherwise;
+//!   connection goes back if that succeeds within [`ACQUIRE_TIMEOUT`], and
+//!   is dropped otherwise;
 //! * **bounded**: at most the `max` given to [`ServerConnections::open`]
 //!   (a caller past that waits for one, up to [`ACQUIRE_TIMEOUT`] in all,
 //!   then fails with `DbErr::ConnectionAcquire`); connections idle for
@@ -228,13 +228,10 @@ impl Conn {
         }
     }
 
-    /// [`ping`](Self::ping) within [`CONNECT_TIMEOUT`]: whether the
-    /// connection answered.
-    async fn answers(&mut self) -> bool {
-        matches!(
-            tokio::time::timeout(CONNECT_TIMEOUT, self.ping()).await,
-            Ok(Ok(()))
-        )
+    /// [`ping`](Self::ping) within `limit`: whether the connection
+    /// answered.
+    async fn answers(&mut self, limit: Duration) -> bool {
+        matches!(tokio::time::timeout(limit, self.ping()).await, Ok(Ok(())))
     }
 
     async fn close(self) {
@@ -414,7 +411,7 @@ impl ServerConnections {
             let conn = match idle {
                 Some(mut conn) if suspect => {
                     self.inner.pinged.fetch_add(1, Ordering::Relaxed);
-                    if !conn.answers().await {
+                    if !conn.answers(CONNECT_TIMEOUT).await {
                         self.inner.lost();
                         continue;
                     }
@@ -550,7 +547,7 @@ impl Drop for Lease {
             // The session may still be running the statement (a lock
             // wait): it keeps its place in the bound until it answers.
             let _permit = permit;
-            if conn.answers().await {
+            if conn.answers(ACQUIRE_TIMEOUT).await {
                 set.recovered.fetch_add(1, Ordering::Relaxed);
                 set.give_back(conn);
             } else {
