@@ -289,14 +289,8 @@ mod a_tls_only_server_refused_in_plain_text_says_so {
     /// fails there, named as `probe` names it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres_tls() {
-        let base = std::env::var("TEST_POSTGRES_TLS_URL")
-            .expect("TEST_POSTGRES_TLS_URL is not set: run scripts/test-dbs.sh");
-        let mut url = url::Url::parse(&base).unwrap();
-        url.set_path("/postgres");
-        url.set_query(Some("sslmode=disable"));
-        let err = super::ServerConnections::open(url.as_str(), 2)
-            .await
-            .unwrap_err();
+        let url = testkit::tls_only_postgres_in_plain_text();
+        let err = super::ServerConnections::open(&url, 2).await.unwrap_err();
         assert!(matches!(err, ConnectError::TlsRequired(_)), "{err:?}");
     }
 }

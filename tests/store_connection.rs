@@ -16,12 +16,8 @@ mod a_refusing_server_says_why {
     /// fails, and `open` says what `probe` finds, TLS required.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres_tls() {
-        let base = std::env::var("TEST_POSTGRES_TLS_URL")
-            .expect("TEST_POSTGRES_TLS_URL is not set: run scripts/test-dbs.sh");
-        let mut url = url::Url::parse(&base).unwrap();
-        url.set_path("/postgres");
-        url.set_query(Some("sslmode=disable"));
-        let err = StoreConnection::open(url.as_str()).await.unwrap_err();
+        let url = testkit::tls_only_postgres_in_plain_text();
+        let err = StoreConnection::open(&url).await.unwrap_err();
         assert!(matches!(err, ConnectError::TlsRequired(_)), "{err:?}");
     }
 }

@@ -780,6 +780,20 @@ macro_rules! on_galera {
     )*};
 }
 
+/// The TLS-only test PostgreSQL's `postgres` database reached without TLS
+/// (`sslmode=disable`): a URL the server refuses.
+///
+/// # Panics
+/// When `TEST_POSTGRES_TLS_URL` is not set.
+pub fn tls_only_postgres_in_plain_text() -> String {
+    let base = std::env::var("TEST_POSTGRES_TLS_URL")
+        .expect("TEST_POSTGRES_TLS_URL is not set: run scripts/test-dbs.sh");
+    let mut url = url::Url::parse(&base).unwrap();
+    url.set_path("/postgres");
+    url.set_query(Some("sslmode=disable"));
+    url.into()
+}
+
 /// The workspace's top folder (this crate sits in `testkit/`): where
 /// `snapshots/`, `tests/data/` and `../shared` are found from.
 pub fn workspace_root() -> &'static Path {
