@@ -246,6 +246,34 @@ impl Conn {
     }
 }
 
+/// What to do with an idle connection before handing it out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Idle past [`IDLE_TIMEOUT`] or open past [`MAX_LIFETIME`].
+    Close,
+    /// Idle past [`PING_IF_IDLE_FOR`], or idle since before another
+    /// connection of the set was found dead (at `lost_at`).
+    Ping,
+    /// Hand it out as it is.
+    Use,
+}
+
+fn verdict(
+    now: Instant,
+    idle_since: Instant,
+    opened_at: Instant,
+    lost_at: Option<Instant>,
+) -> Verdict {
+    let idle = now.duration_since(idle_since);
+    if idle >= IDLE_TIMEOUT || now.duration_since(opened_at) >= MAX_LIFETIME {
+        Verdict::Close
+    } else if idle >= PING_IF_IDLE_FOR || lost_at.is_some_and(|lost| idle_since <= lost) {
+        Verdict::Ping
+    } else {
+        Verdict::Use
+    }
+}
+
 impl ServerConnections {
     /// Connections to the server `url` names, at most `max` (at least one),
     /// the first opened now so that a URL that cannot serve fails here.
@@ -443,13 +471,12 @@ impl Inner {
     }
 
     /// The most recently used idle connection, and whether to ping it
-    /// first; closes those idle past [`IDLE_TIMEOUT`] or open past
-    /// [`MAX_LIFETIME`] on the way.
+    /// first; closes on the way those idle past [`IDLE_TIMEOUT`] (they lead
+    /// the list) and any it would hand out that [`verdict`] closes.
     fn pop_idle(&self) -> (Option<Conn>, bool) {
         let now = Instant::now();
         let mut stale = Vec::new();
         let mut state = self.lock();
-        // Oldest first: those idle too long lead the list.
         let idle_long = state
             .idle
             .iter()
@@ -459,18 +486,18 @@ impl Inner {
         let lost_at = state.lost_at;
         let popped = loop {
             match state.idle.pop() {
-                Some(i) if i.conn.too_old(now) => stale.push(i.conn),
-                other => break other,
+                Some(i) => match verdict(now, i.since, i.conn.opened_at, lost_at) {
+                    Verdict::Close => stale.push(i.conn),
+                    Verdict::Ping => break Some((i.conn, true)),
+                    Verdict::Use => break Some((i.conn, false)),
+                },
+                None => break None,
             }
         };
         drop(state);
         self.close_in_background(stale);
         match popped {
-            Some(i) => {
-                let suspect = now.duration_since(i.since) >= PING_IF_IDLE_FOR
-                    || lost_at.is_some_and(|lost| i.since <= lost);
-                (Some(i.conn), suspect)
-            }
+            Some((conn, ping)) => (Some(conn), ping),
             None => (None, false),
         }
     }
@@ -585,4 +612,35 @@ fn exec_err(e: sqlx::Error) -> DbErr {
 
 fn query_err(e: sqlx::Error) -> DbErr {
     DbErr::Query(RuntimeErr::SqlxError(e.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_connections_are_used_pinged_or_closed() {
+        let now = Instant::now() + MAX_LIFETIME + IDLE_TIMEOUT;
+        let ago = |d: Duration| now - d;
+        let secs = Duration::from_secs;
+        let fresh = ago(secs(60));
+        // Used a moment ago, opened a minute ago, no loss: as it is.
+        assert_eq!(verdict(now, ago(secs(1)), fresh, None), Verdict::Use);
+        // Idle past the ping threshold: pinged.
+        assert_eq!(
+            verdict(now, ago(PING_IF_IDLE_FOR), fresh, None),
+            Verdict::Ping
+        );
+        // Idle since before another was found dead: pinged; went idle
+        // after that loss: as it is.
+        let lost = ago(secs(2));
+        assert_eq!(verdict(now, ago(secs(3)), fresh, Some(lost)), Verdict::Ping);
+        assert_eq!(verdict(now, ago(secs(1)), fresh, Some(lost)), Verdict::Use);
+        // Idle too long, or open too long: closed.
+        assert_eq!(verdict(now, ago(IDLE_TIMEOUT), fresh, None), Verdict::Close);
+        assert_eq!(
+            verdict(now, ago(secs(1)), ago(MAX_LIFETIME), None),
+            Verdict::Close
+        );
+    }
 }
