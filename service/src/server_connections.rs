@@ -360,8 +360,7 @@ impl ServerConnections {
     /// Runs a statement that returns no rows: the rows it affected.
     pub(crate) async fn execute(&self, stmt: Statement) -> Result<u64, DbErr> {
         let mut lease = self.take().await?;
-        let values = SqlxValues(stmt.values.unwrap_or(sea_orm::Values(Vec::new())));
-        let sql = sqlx::AssertSqlSafe(stmt.sql);
+        let (sql, values) = sql_and_values(stmt);
         let result = match lease.conn() {
             ConnKind::Postgres(c) => sqlx::query_with(sql, values)
                 .execute(c)
@@ -396,8 +395,7 @@ impl ServerConnections {
             Ok(cells)
         }
         let mut lease = self.take().await?;
-        let values = SqlxValues(stmt.values.unwrap_or(sea_orm::Values(Vec::new())));
-        let sql = sqlx::AssertSqlSafe(stmt.sql);
+        let (sql, values) = sql_and_values(stmt);
         let result = match lease.conn() {
             ConnKind::Postgres(c) => sqlx::query_with(sql, values)
                 .fetch_all(c)
@@ -435,9 +433,8 @@ impl ServerConnections {
             if self.inner.closed.load(Ordering::SeqCst) {
                 return Err(closed());
             }
-            let (idle, suspect) = self.inner.pop_idle();
-            let conn = match idle {
-                Some(mut conn) if suspect => {
+            let conn = match self.inner.pop_idle() {
+                Some((mut conn, true)) => {
                     self.inner.pinged.fetch_add(1, Ordering::Relaxed);
                     if !conn.answers(CONNECT_TIMEOUT).await {
                         self.inner.lost();
@@ -445,7 +442,7 @@ impl ServerConnections {
                     }
                     conn
                 }
-                Some(conn) => conn,
+                Some((conn, false)) => conn,
                 None => match self.inner.options.connect_waiting(deadline).await {
                     Some(Ok(conn)) => {
                         self.inner.opened.fetch_add(1, Ordering::Relaxed);
@@ -473,7 +470,7 @@ impl Inner {
     /// The most recently used idle connection, and whether to ping it
     /// first; closes on the way those idle past [`IDLE_TIMEOUT`] (they lead
     /// the list) and any it would hand out that [`verdict`] closes.
-    fn pop_idle(&self) -> (Option<Conn>, bool) {
+    fn pop_idle(&self) -> Option<(Conn, bool)> {
         let now = Instant::now();
         let mut stale = Vec::new();
         let mut state = self.lock();
@@ -496,10 +493,7 @@ impl Inner {
         };
         drop(state);
         self.close_in_background(stale);
-        match popped {
-            Some((conn, ping)) => (Some(conn), ping),
-            None => (None, false),
-        }
+        popped
     }
 
     /// Takes a connection back: idle again, or closed when the set is
@@ -604,6 +598,13 @@ fn is_lost(e: &sqlx::Error) -> bool {
         | sqlx::Error::Decode(_) => false,
         _ => true,
     }
+}
+
+/// A statement as sqlx takes it: the SQL text, and the values bound as
+/// SeaORM binds them on its pool.
+fn sql_and_values(stmt: Statement) -> (sqlx::AssertSqlSafe<String>, SqlxValues) {
+    let values = stmt.values.unwrap_or(sea_orm::Values(Vec::new()));
+    (sqlx::AssertSqlSafe(stmt.sql), SqlxValues(values))
 }
 
 fn exec_err(e: sqlx::Error) -> DbErr {

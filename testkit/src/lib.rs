@@ -648,29 +648,40 @@ macro_rules! on_every_server_topology {
             async fn mysql() {
                 $crate::run_on($crate::Backend::MySql, stringify!($scenario), super::$scenario).await
             }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres_own() {
-                $crate::run_on_topology(
-                    $crate::Backend::Postgres,
-                    $crate::Topology::Own,
-                    stringify!($scenario),
-                    super::$scenario,
-                )
-                .await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn mysql_own() {
-                $crate::run_on_topology(
-                    $crate::Backend::MySql,
-                    $crate::Topology::Own,
-                    stringify!($scenario),
-                    super::$scenario,
-                )
-                .await
-            }
+            $crate::__own_server_tests!($scenario);
             $crate::__topology_tests!($scenario);
         }
     )*};
+}
+
+/// One test, `$name`, of `$scenario` on `$backend` reached through
+/// `$topology` (shared by the macros).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __test_on {
+    ($name:ident, $backend:ident, $topology:ident, $scenario:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            $crate::run_on_topology(
+                $crate::Backend::$backend,
+                $crate::Topology::$topology,
+                stringify!($scenario),
+                super::$scenario,
+            )
+            .await
+        }
+    };
+}
+
+/// The tests of a scenario with the store on its own server connections
+/// (shared by the macros).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __own_server_tests {
+    ($scenario:ident) => {
+        $crate::__test_on!(postgres_own, Postgres, Own, $scenario);
+        $crate::__test_on!(mysql_own, MySql, Own, $scenario);
+    };
 }
 
 /// The four production-topology tests of a scenario (shared by the macros).
@@ -678,46 +689,10 @@ macro_rules! on_every_server_topology {
 #[macro_export]
 macro_rules! __topology_tests {
     ($scenario:ident) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn postgres_tls() {
-            $crate::run_on_topology(
-                $crate::Backend::Postgres,
-                $crate::Topology::Tls,
-                stringify!($scenario),
-                super::$scenario,
-            )
-            .await
-        }
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn mysql_tls() {
-            $crate::run_on_topology(
-                $crate::Backend::MySql,
-                $crate::Topology::Tls,
-                stringify!($scenario),
-                super::$scenario,
-            )
-            .await
-        }
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn postgres_pgbouncer() {
-            $crate::run_on_topology(
-                $crate::Backend::Postgres,
-                $crate::Topology::Pooler,
-                stringify!($scenario),
-                super::$scenario,
-            )
-            .await
-        }
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn mysql_galera() {
-            $crate::run_on_topology(
-                $crate::Backend::MySql,
-                $crate::Topology::Galera,
-                stringify!($scenario),
-                super::$scenario,
-            )
-            .await
-        }
+        $crate::__test_on!(postgres_tls, Postgres, Tls, $scenario);
+        $crate::__test_on!(mysql_tls, MySql, Tls, $scenario);
+        $crate::__test_on!(postgres_pgbouncer, Postgres, Pooler, $scenario);
+        $crate::__test_on!(mysql_galera, MySql, Galera, $scenario);
     };
 }
 
@@ -732,36 +707,8 @@ macro_rules! on_every_store_topology {
         mod $scenario {
             $crate::__backend_tests!($scenario);
             $crate::__topology_tests!($scenario);
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite_own() {
-                $crate::run_on_topology(
-                    $crate::Backend::Sqlite,
-                    $crate::Topology::Own,
-                    stringify!($scenario),
-                    super::$scenario,
-                )
-                .await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres_own() {
-                $crate::run_on_topology(
-                    $crate::Backend::Postgres,
-                    $crate::Topology::Own,
-                    stringify!($scenario),
-                    super::$scenario,
-                )
-                .await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn mysql_own() {
-                $crate::run_on_topology(
-                    $crate::Backend::MySql,
-                    $crate::Topology::Own,
-                    stringify!($scenario),
-                    super::$scenario,
-                )
-                .await
-            }
+            $crate::__test_on!(sqlite_own, Sqlite, Own, $scenario);
+            $crate::__own_server_tests!($scenario);
         }
     )*};
 }

@@ -151,8 +151,7 @@ enum Driver {
 }
 
 impl Driver {
-    fn all(backend: DbBackend) -> Vec<Self> {
-        let _ = backend;
+    fn all() -> Vec<Self> {
         vec![
             Self::Store,
             Self::Fastest,
@@ -828,7 +827,7 @@ async fn main() {
         let scale = if warm_up { 10 } else { 1 };
         // Rotate which driver goes first, so that none always runs warmer;
         // LangBot's store goes first or last in turn.
-        let mut order = Driver::all(db_backend);
+        let mut order = Driver::all();
         let drivers = order.len();
         order.rotate_left(run % drivers);
         let langbot_figures = |langbot: &mut Figures| {
