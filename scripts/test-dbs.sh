@@ -115,6 +115,9 @@ apt_install() {
 
 # ------------------------------------------------------------- certificates
 make_certs() {
+    # The server keys are handed to each server's user: MariaDB's comes
+    # with its package, which a fresh machine does not have yet.
+    install_mariadb
     local tls=$dir/tls
     [ -s "$tls/done" ] && return 0
     log "making a test CA and certificates in $tls"

@@ -60,15 +60,21 @@ pub enum CliError {
     /// Stats, list, export or purge failed.
     #[error(transparent)]
     Admin(#[from] AdminError),
-    /// Import or copy failed.
+    /// Import or copy failed (boxed: it is much larger than the others).
     #[error(transparent)]
-    Transfer(#[from] TransferError),
+    Transfer(Box<TransferError>),
     /// The state store refused or failed.
     #[error(transparent)]
     State(#[from] StateError),
     /// The database failed.
     #[error("database error")]
     Db(#[from] DbErr),
+}
+
+impl From<TransferError> for CliError {
+    fn from(e: TransferError) -> Self {
+        Self::Transfer(Box::new(e))
+    }
 }
 
 /// The command line.

@@ -10,7 +10,6 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use sea_orm_migration::MigrationStatus;
 use sea_orm_migration::sea_orm::{Database, DatabaseConnection, DatabaseExecutor, DbErr};
 use service::connection::{
     ConnectError, DEFAULT_SQLITE_URL, DbUrl, Pooler, batch_connect_options, probe,
@@ -18,6 +17,7 @@ use service::connection::{
 };
 
 use crate::drift::drift;
+use crate::history::{self, History};
 use crate::lock::{LockError, MigrationLock, sqlite_file};
 use crate::schema::{Dialect, TABLE};
 use crate::{Migrator, MigratorTrait, catalog};
@@ -58,13 +58,66 @@ pub enum MigrateError {
         /// Every migration's name.
         known: String,
     },
+    /// A newer release's migrations are in the way.
+    #[error(transparent)]
+    Ahead(#[from] crate::history::AheadError),
+    /// The connection to the server was lost and it did not come back in
+    /// time (`--wait-for-db`).
+    #[error(
+        "the connection to the database server was lost ({}); what was committed stays, and \
+         rerunning `migration up` resumes where this run stopped (--wait-for-db N waits for a \
+         server that comes back)",
+        crate::failure::describe(.0)
+    )]
+    ConnectionLost(#[source] DbErr),
     /// The database failed.
-    #[error("{}", one_line(.0))]
-    Db(#[from] DbErr),
+    #[error("{}", crate::failure::describe(.0))]
+    Db(#[source] DbErr),
 }
 
-fn one_line(e: &DbErr) -> String {
-    e.to_string().replace('\n', " ")
+impl From<DbErr> for MigrateError {
+    fn from(e: DbErr) -> Self {
+        if crate::lock::is_fence_failure(&e) {
+            Self::Lock(LockError::Lost)
+        } else if crate::failure::is_connection_lost(&e) {
+            Self::ConnectionLost(e)
+        } else {
+            Self::Db(e)
+        }
+    }
+}
+
+impl MigrateError {
+    /// Whether rerunning the command once the server answers resumes it.
+    fn is_connection_lost(&self) -> bool {
+        match self {
+            Self::ConnectionLost(_) => true,
+            Self::Lock(LockError::Db(e)) | Self::Db(e) => crate::failure::is_connection_lost(e),
+            Self::Ahead(crate::history::AheadError::Db(e)) => crate::failure::is_connection_lost(e),
+            _ => false,
+        }
+    }
+}
+
+/// `e` and its causes on one line: each cause is appended unless the text
+/// already says it, up to the first database error, which the line above
+/// it already described in words of our own.
+fn error_line(e: &MigrateError) -> String {
+    use std::error::Error;
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        if cause.is::<DbErr>() {
+            break;
+        }
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line.replace(['\n', '\r'], " ")
 }
 
 /// Parses nothing: runs the parsed command line, prints any error as one
@@ -75,7 +128,11 @@ pub async fn main(cli: Cli) -> ExitCode {
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            service::logging::report_failure(format, &e);
+            let line = error_line(&e);
+            match format {
+                LogFormat::Text => eprintln!("error: {line}"),
+                LogFormat::Json => tracing::error!(error = %line, "the command failed"),
+            }
             ExitCode::FAILURE
         }
     }
@@ -156,7 +213,7 @@ pub struct Cli {
 }
 
 /// The commands.
-#[derive(Subcommand)]
+#[derive(Clone, Subcommand)]
 pub enum Command {
     /// Apply pending migrations (the default).
     Up {
@@ -215,7 +272,7 @@ pub enum Command {
 }
 
 /// `migration lock ...`
-#[derive(Subcommand)]
+#[derive(Clone, Subcommand)]
 pub enum LockAction {
     /// Who holds the migration lock's lease, and until when.
     Status,
@@ -229,7 +286,7 @@ pub enum LockAction {
 }
 
 /// The guard of the destructive commands.
-#[derive(clap::Args)]
+#[derive(Clone, clap::Args)]
 pub struct Guard {
     /// Proceed although the database holds tables this workspace does not own
     /// (LangBot's). Even then only this workspace's tables are dropped.
@@ -255,7 +312,9 @@ fn init_tracing(verbose: bool, format: LogFormat) {
     let default = if verbose {
         "debug"
     } else {
-        "info,sqlx=warn,sea_orm=warn"
+        // sqlx's own warnings (a failed check of a connection) are not
+        // ours to print: what they mean reaches the user as our error.
+        "info,sqlx=off,sea_orm=warn,sea_orm_migration=warn"
     };
     service::logging::init(format, default);
 }
@@ -301,12 +360,20 @@ async fn run(cli: Cli) -> Result<ExitCode, MigrateError> {
     wait_for_server(&url, Duration::from_secs(cli.wait_for_db))
         .await
         .map_err(connect_error)?;
-    let options = if read_only {
+    let lease = Duration::from_secs_f64(cli.lock_lease.max(0.3));
+    let mut options = if read_only {
         read_only_connect_options(&url)
     } else {
         batch_connect_options(&url)
     }
     .map_err(connect_error)?;
+    if !url.starts_with("sqlite:") {
+        crate::lock::session_limits(
+            &mut options,
+            &DbUrl::parse(&url).map_err(connect_error)?,
+            lease,
+        );
+    }
     let db = Database::connect(options)
         .await
         .map_err(|e| MigrateError::Connect {
@@ -317,26 +384,83 @@ async fn run(cli: Cli) -> Result<ExitCode, MigrateError> {
         Command::Lock { action } => lock_command(&db, &url, pooler, action).await,
         command if read_only => in_session(&db, pooler, command).await,
         command => {
-            let lock = MigrationLock::acquire(
-                &url,
-                Duration::from_secs(cli.lock_timeout),
-                Duration::from_secs_f64(cli.lock_lease.max(0.3)),
-            )
-            .await?;
-            // The run stops when the lease is lost: another migrator owns
-            // the database now.
-            let result = tokio::select! {
-                result = in_session(&db, pooler, command) => result,
-                () = lock.lost() => Err(LockError::Lost.into()),
+            let locking = Locking {
+                url: &url,
+                timeout: Duration::from_secs(cli.lock_timeout),
+                lease,
+                wait_for_db: Duration::from_secs(cli.wait_for_db),
             };
-            let released = lock.release().await;
-            let code = result?;
-            released?;
-            Ok(code)
+            change_resuming(&db, pooler, command, &locking).await
         }
     };
     db.close().await.ok();
     result
+}
+
+/// How a changing command takes the lock and waits for the server.
+struct Locking<'a> {
+    url: &'a str,
+    timeout: Duration,
+    lease: Duration,
+    wait_for_db: Duration,
+}
+
+/// Most times one run resumes after losing its connection.
+const MAX_RESUMES: u32 = 20;
+
+/// Runs a command that changes the schema under the migration lock. When
+/// the connection to the server is lost mid-run (a restart, a failover, a
+/// proxy or the server closing it), and the server answers again within
+/// `--wait-for-db` (at once, without it), the command runs again from
+/// where the database stands: every step is idempotent or was committed
+/// whole. A lease lost meanwhile is taken again first. The run stops at
+/// once when the lease is lost any other way.
+async fn change_resuming(
+    db: &DatabaseConnection,
+    pooler: Pooler,
+    command: Command,
+    locking: &Locking<'_>,
+) -> Result<ExitCode, MigrateError> {
+    let mut lock = MigrationLock::acquire(locking.url, locking.timeout, locking.lease).await?;
+    let mut resumes = 0;
+    loop {
+        let result = tokio::select! {
+            result = in_session(db, pooler, command.clone()) => result,
+            () = lock.lost() => Err(LockError::Lost.into()),
+        };
+        let lost_lease = lock.is_lost();
+        let resumable = match &result {
+            Err(e) if resumes < MAX_RESUMES => {
+                e.is_connection_lost()
+                    || (lost_lease
+                        && !locking.wait_for_db.is_zero()
+                        && probe(locking.url).await.is_err())
+            }
+            _ => false,
+        };
+        if !resumable {
+            let released = lock.release().await;
+            let code = result?;
+            released?;
+            return Ok(code);
+        }
+        let Err(e) = result else {
+            unreachable!("resumable only on an error")
+        };
+        let cause = error_line(&e);
+        tracing::warn!("the connection to the database server was lost ({cause}); waiting for it");
+        if let Err(down) = wait_for_server(locking.url, locking.wait_for_db).await {
+            lock.release().await.ok();
+            tracing::warn!("the database server is still unreachable ({down})");
+            return Err(e);
+        }
+        resumes += 1;
+        if lock.is_lost() {
+            lock.release().await.ok();
+            lock = MigrationLock::acquire(locking.url, locking.timeout, locking.lease).await?;
+        }
+        tracing::warn!("the database server answers again: resuming the run");
+    }
 }
 
 /// Runs `command` on the connection; behind a transaction pooler, in one
@@ -353,6 +477,14 @@ async fn in_session(
     tracing::info!("through a transaction pooler: the command runs as one transaction");
     let session = service::connection::PooledSession::begin(db).await?;
     let result = dispatch(DatabaseExecutor::Transaction(session.work()), command).await;
+    // The run is one transaction: its commit is fenced once.
+    let result = match result {
+        Ok(code) => crate::lock::fence_at_commit(session.work())
+            .await
+            .map(|()| code)
+            .map_err(MigrateError::from),
+        Err(e) => Err(e),
+    };
     match result {
         Ok(code) => {
             session.commit().await?;
@@ -425,29 +557,38 @@ async fn lock_command(
 
 /// The commands that change the schema; run under the migration lock.
 async fn change(db: DatabaseExecutor<'_>, command: Command) -> Result<ExitCode, MigrateError> {
+    if matches!(
+        command,
+        Command::Fresh(_) | Command::Refresh(_) | Command::Reset(_)
+    ) {
+        history::refuse_under_newer(&History::read(&db).await?)?;
+    }
     match command {
-        Command::Up { num, to: None } => Migrator::up(db, num).await?,
+        Command::Up { num, to: None } => history::up(&db, num).await?,
         Command::Up { to: Some(name), .. } => match steps_up_to(&db, &name).await? {
             0 => tracing::info!("{name} is already applied: nothing to do"),
-            steps => Migrator::up(db, Some(steps)).await?,
+            steps => history::up(&db, Some(steps)).await?,
         },
-        Command::Down { num, to: None } => Migrator::down(db, Some(num)).await?,
+        Command::Down { num, to: None } => history::down(&db, num).await?,
         Command::Down { to: Some(name), .. } => match steps_down_to(&db, &name).await? {
             0 => tracing::info!("{name} is not applied: nothing to roll back"),
-            steps => Migrator::down(db, Some(steps)).await?,
+            steps => history::down(&db, steps).await?,
         },
         Command::Fresh(guard) => {
             guard_foreign_tables(&db, &guard, "fresh").await?;
-            Migrator::reset(reborrow(&db)).await?;
-            Migrator::up(db, None).await?;
+            history::down(&db, u32::MAX).await?;
+            Migrator::uninstall(history::reborrow(&db)).await?;
+            history::up(&db, None).await?;
         }
         Command::Refresh(guard) => {
             guard_foreign_tables(&db, &guard, "refresh").await?;
-            Migrator::refresh(db).await?;
+            history::down(&db, u32::MAX).await?;
+            history::up(&db, None).await?;
         }
         Command::Reset(guard) => {
             guard_foreign_tables(&db, &guard, "reset").await?;
-            Migrator::reset(db).await?;
+            history::down(&db, u32::MAX).await?;
+            Migrator::uninstall(db).await?;
         }
         Command::Status { .. }
         | Command::Plan { .. }
@@ -457,23 +598,14 @@ async fn change(db: DatabaseExecutor<'_>, command: Command) -> Result<ExitCode, 
     Ok(ExitCode::SUCCESS)
 }
 
-/// A second handle on the same connection or transaction.
-fn reborrow<'a>(db: &'a DatabaseExecutor<'_>) -> DatabaseExecutor<'a> {
-    match db {
-        DatabaseExecutor::Connection(c) => DatabaseExecutor::Connection(c),
-        DatabaseExecutor::Transaction(t) => DatabaseExecutor::Transaction(t),
-        DatabaseExecutor::OwnedTransaction(t) => DatabaseExecutor::Transaction(t),
-    }
-}
-
 /// How many pending migrations `up` must apply to reach `name` (0 when it is
 /// already applied).
 async fn steps_up_to(db: &DatabaseExecutor<'_>, name: &str) -> Result<u32, MigrateError> {
     known_migration(name)?;
-    let pending = Migrator::get_pending_migrations(db).await?;
+    let pending = History::read(db).await?.pending;
     Ok(pending
         .iter()
-        .position(|m| m.name() == name)
+        .position(|m| m == name)
         .map_or(0, |i| i as u32 + 1))
 }
 
@@ -481,11 +613,13 @@ async fn steps_up_to(db: &DatabaseExecutor<'_>, name: &str) -> Result<u32, Migra
 /// it is not applied).
 async fn steps_down_to(db: &DatabaseExecutor<'_>, name: &str) -> Result<u32, MigrateError> {
     known_migration(name)?;
-    let applied = Migrator::get_applied_migrations(db).await?;
-    Ok(applied
+    let history = History::read(db).await?;
+    history::refuse_under_newer(&history)?;
+    Ok(history
+        .applied
         .iter()
         .rev()
-        .position(|m| m.name() == name)
+        .position(|m| m == name)
         .map_or(0, |i| i as u32 + 1))
 }
 
@@ -506,10 +640,10 @@ fn known_migration(name: &str) -> Result<(), MigrateError> {
 
 /// Prints the pending migrations and what each would run.
 async fn plan(db: &DatabaseExecutor<'_>, format: OutputFormat) -> Result<ExitCode, MigrateError> {
-    let pending = Migrator::get_pending_migrations_read_only(db).await?;
+    let pending = History::read(db).await?.pending;
     let mut planned = Vec::new();
-    for m in &pending {
-        planned.push((m.name().to_owned(), crate::plan(db, m.name()).await?));
+    for name in &pending {
+        planned.push((name.clone(), crate::plan(db, name).await?));
     }
     match format {
         OutputFormat::Json => print_json(&serde_json::json!({
@@ -608,20 +742,39 @@ async fn wait_for_server(url: &str, patience: Duration) -> Result<(), ConnectErr
 /// Prints each migration and whether it is applied; never writes (no
 /// history table is created by asking).
 async fn status(db: &DatabaseExecutor<'_>, format: OutputFormat) -> Result<ExitCode, MigrateError> {
-    let migrations = Migrator::get_migration_with_status_read_only(db).await?;
-    let (applied, pending): (Vec<_>, Vec<_>) = migrations
-        .iter()
-        .partition(|m| m.status() == MigrationStatus::Applied);
+    let History {
+        applied,
+        pending,
+        ahead,
+    } = History::read(db).await?;
     match format {
         OutputFormat::Json => print_json(&serde_json::json!({
-            "applied": applied.iter().map(|m| m.name()).collect::<Vec<_>>(),
-            "pending": pending.iter().map(|m| m.name()).collect::<Vec<_>>(),
+            "applied": applied,
+            "pending": pending,
+            "ahead": ahead,
         })),
         OutputFormat::Text => {
-            for m in &migrations {
-                println!("{:<8} {}", m.status(), m.name());
+            for name in crate::history::names() {
+                let status = if applied.contains(&name) {
+                    "Applied"
+                } else {
+                    "Pending"
+                };
+                println!("{status:<8} {name}");
             }
-            println!("{} applied, {} pending", applied.len(), pending.len());
+            for name in &ahead {
+                println!("Applied  {name} (by a newer release; this binary does not have it)");
+            }
+            if ahead.is_empty() {
+                println!("{} applied, {} pending", applied.len(), pending.len());
+            } else {
+                println!(
+                    "{} applied, {} pending, {} applied by a newer release",
+                    applied.len(),
+                    pending.len(),
+                    ahead.len()
+                );
+            }
         }
     }
     Ok(if pending.is_empty() {

@@ -6,6 +6,8 @@ use sea_orm_migration::sea_orm::DatabaseExecutor;
 pub mod catalog;
 pub mod cli;
 pub mod drift;
+pub mod failure;
+pub mod history;
 pub mod lock;
 mod m20261125_000001_create_agent_runner_state;
 mod m20261125_000002_port_legacy_runner_blocks;

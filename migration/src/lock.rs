@@ -10,28 +10,48 @@
 //!   pooler or not): a lease row** in [`LOCK_TABLE`] (primary key `name`),
 //!   taken, renewed and released by single statements, each its own short
 //!   transaction, with times from the server's clock. Session locks
-//!   (`pg_advisory_lock`, `GET_LOCK`) cannot serve: a transaction pooler runs
-//!   each transaction on any server connection, so a session lock strands on
-//!   a pooled backend, and on Galera `GET_LOCK` is local to one node. A row
+//!   (`pg_advisory_lock`, `GET_LOCK`) cannot serve: a session ends whenever
+//!   the server, a proxy or a pooler closes a connection, while its
+//!   migrator lives on; a transaction pooler runs each transaction on any
+//!   server connection; on Galera `GET_LOCK` is local to one node. A row
 //!   goes through the pooler like any write and through Galera's
 //!   certification, so it holds cluster-wide.
-//! * The holder renews its lease every third of it from a connection of its
-//!   own; if a renewal finds the lease gone (expired and taken over), the
-//!   holder stops its run with [`LockError::Lost`]. A holder killed with
-//!   SIGKILL blocks the next deploy for at most one lease
-//!   ([`DEFAULT_LEASE`]); the migrations are idempotent per step (catalog-
-//!   driven DDL, per-batch data migrations), so a takeover resumes safely.
+//! * **Only an expired lease is taken over.** No other sign of a holder's
+//!   death is trusted: a connection that ends proves nothing about the
+//!   process that held it. A holder killed with SIGKILL therefore blocks the
+//!   next deploy for at most one lease ([`DEFAULT_LEASE`]).
+//! * **The holder renews** every sixth of the lease from a pool of its own
+//!   (a closed connection is replaced), each renewal with a deadline of a
+//!   sixth of the lease. Two thirds of a lease after its last renewal began,
+//!   it counts the lease as lost and stops its run ([`LockError::Lost`]),
+//!   a third of a lease before anyone may take it over.
+//! * **Fencing**: every commit of a step ([`fence`]) proves, in its own
+//!   transaction, that the lease is still this holder's and unexpired, by
+//!   an `UPDATE` of the lease row that also extends it. The row stays locked
+//!   by that transaction until it commits, so a takeover waits for the
+//!   commit or finds the lease extended; a holder that lost its lease fails
+//!   the check and commits nothing more. On Galera, a takeover on another
+//!   node and the commit conflict on the row, and certification lets one
+//!   through. Limits: MySQL commits each DDL statement on its own, so there
+//!   a schema step's DDL is covered by the stop at two thirds, not by the
+//!   fence (the DDL is catalog-driven and idempotent, so whoever runs next
+//!   completes it); behind a transaction pooler a whole run is one
+//!   transaction, fenced once, at its commit.
+//! * The migrator's server sessions end on the server's side when they stay
+//!   idle inside a transaction longer than a lease (`idle_in_transaction_
+//!   session_timeout` on PostgreSQL, `wait_timeout` on MySQL): a holder cut
+//!   off mid-transaction (a black-holed network) releases its row locks to
+//!   the next migrator instead of holding them until TCP gives up.
 //! * **SQLite: an exclusive lock on a file beside the database**, released by
 //!   the operating system when the holder dies.
 
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use sea_orm_migration::sea_orm::{
-    ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement,
 };
 use service::connection::{DbUrl, Pooler};
 
@@ -46,6 +66,15 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 /// How often a waiting migrator tries again.
 const POLL: Duration = Duration::from_millis(200);
+
+/// The text of the error a failed [`fence`] check returns: the commit it
+/// guarded was rolled back.
+pub(crate) const FENCE_FAILED: &str = "the migration lock's lease is no longer this migrator's";
+
+/// Whether `e` is a failed [`fence`] check.
+pub fn is_fence_failure(e: &DbErr) -> bool {
+    matches!(e, DbErr::Custom(m) if m == FENCE_FAILED)
+}
 
 /// Why the lock could not be had or kept.
 #[derive(Debug, thiserror::Error)]
@@ -62,10 +91,12 @@ pub enum LockError {
         /// Seconds waited.
         waited: u64,
     },
-    /// This migrator's lease expired and another took it over: it stopped.
+    /// This migrator could not renew its lease in time (or another took it
+    /// over): it stopped, and committed nothing after that.
     #[error(
-        "lost the migration lock: the lease expired before it could be renewed and another \
-         migrator took it over; this run stopped (the next run resumes)"
+        "lost the migration lock: its lease could not be renewed in time, so this run stopped \
+         before another migrator could take over; nothing was committed after that, and the \
+         next `migration up` resumes"
     )]
     Lost,
     /// The SQLite lock file.
@@ -92,8 +123,18 @@ pub enum LockError {
     #[error(transparent)]
     Connect(#[from] service::connection::ConnectError),
     /// The database failed.
-    #[error("database error: {0}")]
-    Db(#[from] DbErr),
+    #[error("{}", crate::failure::describe(.0))]
+    Db(#[source] DbErr),
+}
+
+impl From<DbErr> for LockError {
+    fn from(e: DbErr) -> Self {
+        if is_fence_failure(&e) {
+            Self::Lost
+        } else {
+            Self::Db(e)
+        }
+    }
 }
 
 /// A held migration lock; release it with [`MigrationLock::release`].
@@ -111,8 +152,8 @@ pub enum MigrationLock {
 #[derive(Debug)]
 pub struct Lease {
     db: DatabaseConnection,
-    holder: String,
-    lost: Arc<AtomicBool>,
+    fence: Fence,
+    lost: tokio::sync::watch::Receiver<bool>,
     renewer: tokio::task::JoinHandle<()>,
 }
 
@@ -125,8 +166,95 @@ pub struct LockRow {
     pub held_for_ms: i64,
     /// Milliseconds to its end; negative once expired.
     pub remaining_ms: i64,
-    /// The holder's beacon (empty through a transaction pooler).
-    pub session: String,
+}
+
+/// What a step's commit checks: that the lease is still `holder`'s.
+#[derive(Clone, Debug)]
+pub struct Fence {
+    holder: String,
+    lease_ms: i64,
+}
+
+/// The fence of the lease this process holds, if any ([`MigrationLock`]
+/// installs it while held): migrations take no arguments.
+static FENCE: RwLock<Option<Fence>> = RwLock::new(None);
+
+/// Whether [`fence`] may lock the lease row (`true`), or only read it: a
+/// run behind a transaction pooler is one transaction, which would hold
+/// the row against the renewals until it ends; it is fenced once, at its
+/// commit, by [`Fence::check`].
+static FENCE_LOCKS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Proves, in the transaction `txn` is about to commit, that this
+/// process's lease is still its own and unexpired, and extends it; without
+/// a lease (SQLite's lock file, a library caller) there is nothing to
+/// prove. Called before every commit of a step: each data-migration batch
+/// and each history row.
+///
+/// # Errors
+/// [`FENCE_FAILED`] when the lease is gone or expired (the caller rolls
+/// back), or a database error.
+pub(crate) async fn fence<C: ConnectionTrait>(txn: &C) -> Result<(), DbErr> {
+    let fence = FENCE.read().unwrap_or_else(|p| p.into_inner()).clone();
+    match fence {
+        None => Ok(()),
+        Some(f) if FENCE_LOCKS.load(std::sync::atomic::Ordering::Relaxed) => f.check(txn).await,
+        Some(f) => f.peek(txn).await,
+    }
+}
+
+/// The locking [`Fence::check`] of this process's lease, whatever the
+/// connection: the one check of a run behind a transaction pooler, at its
+/// commit.
+///
+/// # Errors
+/// As [`fence`].
+pub(crate) async fn fence_at_commit<C: ConnectionTrait>(txn: &C) -> Result<(), DbErr> {
+    let fence = FENCE.read().unwrap_or_else(|p| p.into_inner()).clone();
+    match fence {
+        None => Ok(()),
+        Some(f) => f.check(txn).await,
+    }
+}
+
+impl Fence {
+    /// The locking check: an `UPDATE` of the lease row that extends it and
+    /// must find it this holder's and unexpired. The row stays locked until
+    /// `txn` ends.
+    ///
+    /// # Errors
+    /// As [`fence`].
+    pub async fn check<C: ConnectionTrait>(&self, txn: &C) -> Result<(), DbErr> {
+        let backend = txn.get_database_backend();
+        let now = now_ms(backend);
+        let sql = format!(
+            "UPDATE {LOCK_TABLE} SET expires_at_ms = {now} + {} WHERE name = '{LOCK_NAME}' \
+             AND holder = '{}' AND expires_at_ms > {now}",
+            self.lease_ms, self.holder
+        );
+        match txn.execute_unprepared(&sql).await?.rows_affected() {
+            1 => Ok(()),
+            _ => Err(DbErr::Custom(FENCE_FAILED.to_owned())),
+        }
+    }
+
+    /// A read of the same condition, without locking.
+    async fn peek<C: ConnectionTrait>(&self, txn: &C) -> Result<(), DbErr> {
+        let backend = txn.get_database_backend();
+        let now = now_ms(backend);
+        let sql = format!(
+            "SELECT COUNT(*) FROM {LOCK_TABLE} WHERE name = '{LOCK_NAME}' AND holder = '{}' \
+             AND expires_at_ms > {now}",
+            self.holder
+        );
+        let row = txn
+            .query_one_raw(Statement::from_string(backend, sql))
+            .await?;
+        match row.map(|r| r.try_get_by_index::<i64>(0)).transpose()? {
+            Some(1) => Ok(()),
+            _ => Err(DbErr::Custom(FENCE_FAILED.to_owned())),
+        }
+    }
 }
 
 /// The file of a SQLite URL; `None` for other backends and in-memory ones.
@@ -257,8 +385,8 @@ async fn read_lock_on<C: ConnectionTrait>(db: &C) -> Result<Option<LockRow>, DbE
     let backend = db.get_database_backend();
     let now = now_ms(backend);
     let sql = format!(
-        "SELECT holder, {now} - acquired_at_ms AS held, expires_at_ms - {now} AS remaining, \
-         session FROM {LOCK_TABLE} WHERE name = '{LOCK_NAME}'"
+        "SELECT holder, {now} - acquired_at_ms AS held, expires_at_ms - {now} AS remaining \
+         FROM {LOCK_TABLE} WHERE name = '{LOCK_NAME}'"
     );
     let row = db
         .query_one_raw(Statement::from_string(backend, sql))
@@ -268,7 +396,6 @@ async fn read_lock_on<C: ConnectionTrait>(db: &C) -> Result<Option<LockRow>, DbE
             holder: r.try_get_by_index(0)?,
             held_for_ms: r.try_get_by_index(1)?,
             remaining_ms: r.try_get_by_index(2)?,
-            session: r.try_get_by_index(3)?,
         })
     })
     .transpose()
@@ -286,34 +413,26 @@ impl MigrationLock {
         if parsed.backend() == DbBackend::Sqlite {
             return Self::acquire_file(url, timeout).await;
         }
-        // A connection of its own, so that renewals do not wait behind the
-        // migration's long statements.
-        // Never recycled: on a direct connection it holds the beacon.
+        // A pool of its own, so that renewals do not wait behind the
+        // migration's long statements; every connection is pinged before
+        // use, so one the server closed is replaced, not failed on.
         let mut opts = service::connection::connect_options(url)?;
-        opts.max_connections(1)
-            .min_connections(1)
-            .max_lifetime(None)
-            .idle_timeout(None);
+        opts.max_connections(1).min_connections(1);
+        session_limits(&mut opts, &parsed, lease);
         let db = Database::connect(opts).await?;
         ensure_table(&db).await?;
         let backend = db.get_database_backend();
         let holder = holder_id();
         let now = now_ms(backend);
         let lease_ms = lease.as_millis() as i64;
-        // On a direct connection the lease connection also holds a session
-        // lock of its own as a beacon: a waiter that sees the beacon gone
-        // knows the holder is dead and need not wait out its lease. Through
-        // a transaction pooler there is no session to hold one.
-        let session = match parsed.pooler() {
-            Pooler::Transaction => String::new(),
-            Pooler::None => beacon(&db, &holder).await?,
-        };
+        // `session` is kept empty: older releases wrote a session-lock
+        // beacon there, and read an empty one as "holder alive".
         let take = format!(
             "INSERT INTO {LOCK_TABLE} (name, holder, session, acquired_at_ms, expires_at_ms) \
-             VALUES ('{LOCK_NAME}', '{holder}', '{session}', {now}, {now} + {lease_ms})"
+             VALUES ('{LOCK_NAME}', '{holder}', '', {now}, {now} + {lease_ms})"
         );
         let take_over = format!(
-            "UPDATE {LOCK_TABLE} SET holder = '{holder}', session = '{session}', acquired_at_ms = {now}, \
+            "UPDATE {LOCK_TABLE} SET holder = '{holder}', session = '', acquired_at_ms = {now}, \
              expires_at_ms = {now} + {lease_ms} WHERE name = '{LOCK_NAME}' AND expires_at_ms < {now}"
         );
         let wsrep = galera_node(&db).await;
@@ -327,6 +446,8 @@ impl MigrationLock {
         let started = Instant::now();
         let mut announced = false;
         loop {
+            // The lease counts from before the statement that takes it.
+            let sent = Instant::now();
             let got = match exec(&db, &take).await {
                 Ok(n) => n == 1,
                 Err(e) if lost_race(&e) => match exec(&db, &take_over).await {
@@ -336,32 +457,7 @@ impl MigrationLock {
                         );
                         true
                     }
-                    Ok(_) => match read_lock(&db, parsed.pooler()).await? {
-                        // The lease is live, but its holder's beacon is gone:
-                        // the holder died. Take over from that very holder.
-                        Some(row) if holder_is_dead(&db, &row.session).await => {
-                            let from_dead = format!(
-                                "UPDATE {LOCK_TABLE} SET holder = '{holder}', session = '{session}', \
-                                 acquired_at_ms = {now}, expires_at_ms = {now} + {lease_ms} \
-                                 WHERE name = '{LOCK_NAME}' AND holder = '{}' AND session = '{}'",
-                                row.holder.replace('\'', "''"),
-                                row.session.replace('\'', "''")
-                            );
-                            match exec(&db, &from_dead).await {
-                                Ok(1) => {
-                                    tracing::warn!(
-                                        previous = %row.holder,
-                                        "the previous holder's session is gone: taking over its migration"
-                                    );
-                                    true
-                                }
-                                Ok(_) => false,
-                                Err(e) if lost_race(&e) => false,
-                                Err(e) => return Err(e.into()),
-                            }
-                        }
-                        _ => false,
-                    },
+                    Ok(_) => false,
                     Err(e) if lost_race(&e) => false,
                     Err(e) => return Err(e.into()),
                 },
@@ -374,11 +470,17 @@ impl MigrationLock {
                         started.elapsed().as_secs_f64()
                     );
                 }
-                let lost = Arc::new(AtomicBool::new(false));
-                let renewer = tokio::spawn(renew(db.clone(), holder.clone(), lease, lost.clone()));
+                let fence = Fence { holder, lease_ms };
+                let (tx, lost) = tokio::sync::watch::channel(false);
+                let renewer = tokio::spawn(renew(db.clone(), fence.clone(), lease, sent, tx));
+                *FENCE.write().unwrap_or_else(|p| p.into_inner()) = Some(fence.clone());
+                FENCE_LOCKS.store(
+                    parsed.pooler() != Pooler::Transaction,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 return Ok(Self::Lease(Lease {
                     db,
-                    holder,
+                    fence,
                     lost,
                     renewer,
                 }));
@@ -461,22 +563,30 @@ impl MigrationLock {
 
     /// Whether the lease was lost: the run must stop.
     pub fn is_lost(&self) -> bool {
-        matches!(self, Self::Lease(l) if l.lost.load(Ordering::SeqCst))
+        matches!(self, Self::Lease(l) if *l.lost.borrow())
     }
 
     /// Resolves when the lease is lost (never for other locks).
     pub async fn lost(&self) {
         match self {
             Self::Lease(l) => {
-                while !l.lost.load(Ordering::SeqCst) {
-                    tokio::time::sleep(POLL).await;
-                }
+                // The renewer only ends after saying so (or at release).
+                let _ = l.lost.clone().wait_for(|lost| *lost).await;
             }
             _ => std::future::pending().await,
         }
     }
 
-    /// Releases the lock.
+    /// The fence of a held lease (`None` for the other locks).
+    pub fn fence(&self) -> Option<&Fence> {
+        match self {
+            Self::Lease(l) => Some(&l.fence),
+            _ => None,
+        }
+    }
+
+    /// Releases the lock. A lease is deleted with a deadline of a few
+    /// seconds: a server that does not answer lets it expire instead.
     ///
     /// # Errors
     /// The lock file could not be unlocked, or the database failed to delete
@@ -489,115 +599,139 @@ impl MigrationLock {
             }),
             Self::Lease(lease) => {
                 lease.renewer.abort();
-                let deleted = exec(
-                    &lease.db,
-                    &format!(
-                        "DELETE FROM {LOCK_TABLE} WHERE name = '{LOCK_NAME}' AND holder = '{}'",
-                        lease.holder
-                    ),
-                )
-                .await;
-                lease.db.close().await.ok();
-                deleted?;
-                Ok(())
+                *FENCE.write().unwrap_or_else(|p| p.into_inner()) = None;
+                let delete = format!(
+                    "DELETE FROM {LOCK_TABLE} WHERE name = '{LOCK_NAME}' AND holder = '{}'",
+                    lease.fence.holder
+                );
+                let deleted =
+                    tokio::time::timeout(RELEASE_DEADLINE, exec(&lease.db, &delete)).await;
+                tokio::time::timeout(RELEASE_DEADLINE, lease.db.close())
+                    .await
+                    .ok();
+                match deleted {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(e.into()),
+                    Err(_) => {
+                        tracing::warn!(
+                            "the server did not answer the release of the migration lock; \
+                             its lease expires by itself"
+                        );
+                        Ok(())
+                    }
+                }
             }
             Self::None => Ok(()),
         }
     }
 }
 
-/// Takes the beacon of `holder` on the lease connection and names it for
-/// the row's `session`: `pg:<key>` (an advisory lock, seen by everyone in
-/// `pg_locks`) or `my:<host>:<port>:<name>` (a `GET_LOCK`, seen by
-/// `IS_USED_LOCK` on the same server only: Galera's are node-local).
-async fn beacon(db: &DatabaseConnection, holder: &str) -> Result<String, DbErr> {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    holder.hash(&mut h);
-    let key = (h.finish() >> 1) as i64;
-    match db.get_database_backend() {
-        DbBackend::Postgres => {
-            exec(db, &format!("SELECT pg_advisory_lock({key})")).await?;
-            Ok(format!("pg:{key}"))
-        }
-        _ => {
-            let name = format!("ars_lease_{key:x}");
-            exec(db, &format!("SELECT GET_LOCK('{name}', 0)")).await?;
-            let node = db
-                .query_one_raw(Statement::from_string(
-                    DbBackend::MySql,
-                    "SELECT CONCAT(@@hostname, ':', @@port)",
-                ))
-                .await?
-                .map(|r| r.try_get_by_index::<String>(0))
-                .transpose()?
-                .unwrap_or_default();
-            Ok(format!("my:{node}:{name}"))
-        }
+/// How long releasing a lease may take before it is left to expire.
+const RELEASE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Pings every connection before use (the server or a proxy may have
+/// closed it while idle), and has the server end a session left idle
+/// inside a transaction for longer than a lease (its holder is cut off,
+/// and its row locks would block the next migrator). Not behind a
+/// transaction pooler, whose server sessions are shared.
+pub(crate) fn session_limits(opts: &mut ConnectOptions, url: &DbUrl, lease: Duration) {
+    opts.test_before_acquire(true);
+    if url.pooler() == Pooler::Transaction {
+        return;
     }
+    let limit = lease.max(MIN_IDLE_IN_TRANSACTION);
+    let pg = format!(
+        "SET idle_in_transaction_session_timeout = {}",
+        limit.as_millis()
+    );
+    let my = format!("SET SESSION wait_timeout = {}", limit.as_secs().max(1));
+    opts.map_sqlx_postgres_pool_opts(move |o| {
+        let pg = pg.clone();
+        o.after_connect(move |conn, _| {
+            let pg = pg.clone();
+            Box::pin(async move {
+                use sea_orm_migration::sea_orm::sqlx::Executor;
+                conn.execute(sea_orm_migration::sea_orm::sqlx::AssertSqlSafe(pg))
+                    .await
+                    .map(|_| ())
+            })
+        })
+    });
+    opts.map_sqlx_mysql_pool_opts(move |o| {
+        let my = my.clone();
+        o.after_connect(move |conn, _| {
+            let my = my.clone();
+            Box::pin(async move {
+                use sea_orm_migration::sea_orm::sqlx::Executor;
+                conn.execute(sea_orm_migration::sea_orm::sqlx::AssertSqlSafe(my))
+                    .await
+                    .map(|_| ())
+            })
+        })
+    });
 }
 
-/// Whether the holder of a live lease is certainly dead: its beacon is gone.
-/// Unknown (another Galera node, a pooled holder, any error) counts as alive.
-async fn holder_is_dead(db: &DatabaseConnection, session: &str) -> bool {
-    let sql = if let Some(key) = session.strip_prefix("pg:") {
-        let Ok(key) = key.parse::<i64>() else {
-            return false;
-        };
-        format!(
-            "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
-             AND classid = {} AND objid = {} AND objsubid = 1 \
-             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            (key >> 32) as u32,
-            key as u32
-        )
-    } else if let Some(rest) = session.strip_prefix("my:") {
-        let Some((node, name)) = rest.rsplit_once(':') else {
-            return false;
-        };
-        format!(
-            "SELECT CASE WHEN CONCAT(@@hostname, ':', @@port) = '{}' AND IS_USED_LOCK('{}') IS NULL \
-             THEN 0 ELSE 1 END",
-            node.replace('\'', "''"),
-            name.replace('\'', "''")
-        )
-    } else {
-        return false;
-    };
-    let row = db
-        .query_one_raw(Statement::from_string(db.get_database_backend(), sql))
-        .await;
-    matches!(row, Ok(Some(r)) if r.try_get_by_index::<i64>(0).ok() == Some(0))
-}
+/// The shortest idle time inside a transaction after which the server ends
+/// a migrator's session: long enough for a batch to wait on the one before.
+const MIN_IDLE_IN_TRANSACTION: Duration = Duration::from_secs(5);
 
-/// Keeps the lease alive: every third of a lease, one UPDATE. A renewal
-/// that finds the row no longer ours marks the lease lost; so does a lease
-/// that runs out while renewals fail.
-async fn renew(db: DatabaseConnection, holder: String, lease: Duration, lost: Arc<AtomicBool>) {
+/// Keeps the lease alive: every sixth of a lease, one `UPDATE` with a
+/// deadline of a sixth of a lease, from the lease's own pool. A renewal
+/// that finds the row no longer ours, or no renewal that succeeded within
+/// two thirds of a lease, marks the lease lost.
+async fn renew(
+    db: DatabaseConnection,
+    fence: Fence,
+    lease: Duration,
+    taken: Instant,
+    lost: tokio::sync::watch::Sender<bool>,
+) {
     let backend = db.get_database_backend();
     let now = now_ms(backend);
     let sql = format!(
-        "UPDATE {LOCK_TABLE} SET expires_at_ms = {now} + {} WHERE name = '{LOCK_NAME}' AND holder = '{holder}'",
-        lease.as_millis()
+        "UPDATE {LOCK_TABLE} SET expires_at_ms = {now} + {} WHERE name = '{LOCK_NAME}' AND holder = '{}'",
+        fence.lease_ms, fence.holder
     );
-    let mut renewed_at = Instant::now();
+    let every = lease / 6;
+    let lost_after = lease * 2 / 3;
+    // When the last renewal that succeeded was sent: the lease runs from
+    // then at the latest.
+    let mut renewed = taken;
+    let mut next = taken + every;
     loop {
-        tokio::time::sleep(lease / 3).await;
-        match exec(&db, &sql).await {
-            Ok(1) => renewed_at = Instant::now(),
-            Ok(_) => {
+        tokio::time::sleep_until(next.into()).await;
+        let sent = Instant::now();
+        let outcome = tokio::time::timeout(every, exec(&db, &sql)).await;
+        match outcome {
+            Ok(Ok(1)) => {
+                renewed = sent;
+                next = sent + every;
+                continue;
+            }
+            Ok(Ok(_)) => {
                 tracing::error!("the migration lock's lease was taken over by another migrator");
-                lost.store(true, Ordering::SeqCst);
+                lost.send_replace(true);
                 return;
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "could not renew the migration lock's lease; retrying");
-                if renewed_at.elapsed() >= lease {
-                    lost.store(true, Ordering::SeqCst);
-                    return;
-                }
-            }
+            Ok(Err(e)) => tracing::warn!(
+                "could not renew the migration lock's lease ({}); retrying",
+                crate::failure::describe(&e)
+            ),
+            Err(_) => tracing::warn!(
+                "the server did not answer a renewal of the migration lock's lease within {:.1}s; \
+                 retrying",
+                every.as_secs_f64()
+            ),
         }
+        if renewed.elapsed() >= lost_after {
+            tracing::error!(
+                "the migration lock's lease was not renewed for {:.1}s: stopping this run",
+                renewed.elapsed().as_secs_f64()
+            );
+            lost.send_replace(true);
+            return;
+        }
+        next = Instant::now() + (every / 4).max(Duration::from_millis(50));
     }
 }
 

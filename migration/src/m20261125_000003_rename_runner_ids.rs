@@ -446,6 +446,7 @@ where
             .await?;
         summary.renamed += 1;
     }
+    crate::lock::fence(&txn).await?;
     txn.commit().await?;
     Ok(Some(next))
 }
@@ -483,6 +484,7 @@ where
                 txn.execute_raw(sql.delete_row(RENAME_LOG_TABLE, id))
                     .await?;
             }
+            crate::lock::fence(&txn).await?;
             txn.commit().await?;
         }
         db.execute(&Table::drop().table(Alias::new(RENAME_LOG_TABLE)).to_owned())
@@ -496,6 +498,7 @@ where
         .await?;
         txn.execute_unprepared(&format!("DELETE FROM {CONFLICTS_TABLE}"))
             .await?;
+        crate::lock::fence(&txn).await?;
         txn.commit().await?;
         db.execute(&Table::drop().table(Alias::new(CONFLICTS_TABLE)).to_owned())
             .await?;

@@ -8,7 +8,8 @@
 //!   count. On a server's pool, two batches run at once ([`Overlap`]).
 //! * Each batch is one transaction: its rows are locked, transformed, written
 //!   back (only those that change), and their original config text is kept
-//!   in the backup table, all committed together. A run killed at any point
+//!   in the backup table, all committed together, after the migration
+//!   lock's fence ([`crate::lock`]) proved the lease still this run's. A run killed at any point
 //!   leaves whole batches; the rerun transforms what is left (transformed
 //!   rows no longer change) and ends where an uninterrupted run would.
 //! * Configs that are not JSON, or that the transform refuses, stay byte for
@@ -603,6 +604,7 @@ async fn finish_batch(
         summary += done.summary;
         write_slice(&txn, rewrite, target, &done.changed).await?;
     }
+    crate::lock::fence(&txn).await?;
     txn.commit().await?;
     Ok(summary)
 }
@@ -759,6 +761,7 @@ where
         .and_where(Expr::col(uuid_col()).is_in(originals.iter().map(|(uuid, _)| uuid.clone())))
         .to_owned();
     txn.execute(&delete).await?;
+    crate::lock::fence(&txn).await?;
     txn.commit().await?;
     Ok(originals.len() as u64)
 }
