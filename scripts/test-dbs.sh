@@ -33,6 +33,10 @@
 #   scripts/test-dbs.sh down|up postgres-restart|mariadb-restart
 #                                 the two halves of restart: shut it down
 #                                 (returns once it is gone), start it again
+#   scripts/test-dbs.sh crash postgres-restart|mariadb-restart
+#                                 SIGKILL that server and all its processes,
+#                                 as a host crash does (returns once they are
+#                                 gone); `up` starts it again, with recovery
 #
 # Safe to run twice: servers already running from the state directory are
 # reused; a half-made data directory (a run killed during initdb) is made
@@ -48,9 +52,9 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 command=${1:-start}
 case $command in start|stop|status) ;;
-    restart|down|up) case ${2:-} in postgres-restart|mariadb-restart) ;; *)
+    restart|down|up|crash) case ${2:-} in postgres-restart|mariadb-restart) ;; *)
         echo "usage: $0 $command postgres-restart|mariadb-restart" >&2; exit 2 ;; esac ;;
-    *) echo "usage: $0 [start|status|stop|restart|down|up NAME]" >&2; exit 2 ;;
+    *) echo "usage: $0 [start|status|stop|restart|down|up|crash NAME]" >&2; exit 2 ;;
 esac
 repo_hash=$(printf '%s' "$repo" | sha256sum | cut -c1-12)
 dir=${TESTDB_DIR:-${TMPDIR:-/tmp}/agent-runner-state-testdb/$repo_hash}
@@ -472,6 +476,22 @@ down() {
     esac
 }
 
+# SIGKILL of a server and its children: no shutdown, no checkpoint.
+crash() {
+    local pid
+    case $1 in
+        postgres-restart) pid=$(pg_pid postgres-restart) || die "postgres-restart is not running" ;;
+        mariadb-restart) pid=$(mariadb_pid mariadb-restart) || die "mariadb-restart is not running" ;;
+        *) die "crash: postgres-restart or mariadb-restart, not $1" ;;
+    esac
+    log "crashing $1 (SIGKILL of pid $pid and its children)"
+    local children
+    children=$(pgrep -P "$pid" || true)
+    kill -9 "$pid" $children 2>/dev/null || true
+    while alive "$pid"; do sleep 0.1; done
+    for child in $children; do while alive "$child"; do sleep 0.1; done; done
+}
+
 up() {
     case $1 in
         postgres-restart) start_postgres_restart ;;
@@ -490,6 +510,7 @@ case $command in
     stop) stop; exit ;;
     restart) restart "$2"; exit ;;
     down) down "$2"; log "$2 is down"; exit ;;
+    crash) crash "$2"; log "$2 crashed"; exit ;;
     up) up "$2"; log "$2 is up"; exit ;;
 esac
 

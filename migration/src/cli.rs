@@ -64,10 +64,9 @@ pub enum MigrateError {
     /// The connection to the server was lost and it did not come back in
     /// time (`--wait-for-db`).
     #[error(
-        "the connection to the database server was lost ({}); what was committed stays, and \
-         rerunning `migration up` resumes where this run stopped (--wait-for-db N waits for a \
-         server that comes back)",
-        crate::failure::describe(.0)
+        "{}; what was committed stays, and rerunning `migration up` resumes where this run \
+         stopped (--wait-for-db N waits for a server that comes back)",
+        crate::failure::describe_lost(.0)
     )]
     ConnectionLost(#[source] DbErr),
     /// The database failed.
@@ -88,6 +87,21 @@ impl From<DbErr> for MigrateError {
 }
 
 impl MigrateError {
+    /// The database error of a lost connection as [`Self::ConnectionLost`]
+    /// (whichever layer it came through); other errors as they are.
+    fn into_connection_lost(self) -> Self {
+        match self {
+            Self::Lock(LockError::Db(e))
+            | Self::Db(e)
+            | Self::Ahead(crate::history::AheadError::Db(e))
+                if crate::failure::is_connection_lost(&e) =>
+            {
+                Self::ConnectionLost(e)
+            }
+            other => other,
+        }
+    }
+
     /// Whether rerunning the command once the server answers resumes it.
     fn is_connection_lost(&self) -> bool {
         match self {
@@ -393,7 +407,10 @@ async fn run(cli: Cli) -> Result<ExitCode, MigrateError> {
             change_resuming(&db, pooler, command, &locking).await
         }
     };
-    db.close().await.ok();
+    // A server that went away does not hold the exit up.
+    tokio::time::timeout(Duration::from_secs(5), db.close())
+        .await
+        .ok();
     result
 }
 
@@ -447,12 +464,11 @@ async fn change_resuming(
         let Err(e) = result else {
             unreachable!("resumable only on an error")
         };
-        let cause = error_line(&e);
-        tracing::warn!("the connection to the database server was lost ({cause}); waiting for it");
+        tracing::warn!("{}; waiting for the database server", error_line(&e));
         if let Err(down) = wait_for_server(locking.url, locking.wait_for_db).await {
             lock.release().await.ok();
             tracing::warn!("the database server is still unreachable ({down})");
-            return Err(e);
+            return Err(e.into_connection_lost());
         }
         resumes += 1;
         if lock.is_lost() {

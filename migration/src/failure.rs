@@ -32,6 +32,16 @@ pub fn is_connection_lost(e: &DbErr) -> bool {
     }
 }
 
+/// `e`, an error of a lost connection, as one line that says so.
+pub fn describe_lost(e: &DbErr) -> String {
+    let line = describe(e);
+    if line.starts_with("the connection to the database server was lost") {
+        line
+    } else {
+        format!("the connection to the database server was lost ({line})")
+    }
+}
+
 /// `e` as one line for a person.
 pub fn describe(e: &DbErr) -> String {
     if crate::lock::is_fence_failure(e) {

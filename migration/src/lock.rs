@@ -614,8 +614,8 @@ impl MigrationLock {
                     Ok(Err(e)) => Err(e.into()),
                     Err(_) => {
                         tracing::warn!(
-                            "the server did not answer the release of the migration lock; \
-                             its lease expires by itself"
+                            "the migration lock could not be released in time; its lease \
+                             expires by itself"
                         );
                         Ok(())
                     }
@@ -635,7 +635,9 @@ const RELEASE_DEADLINE: Duration = Duration::from_secs(5);
 /// and its row locks would block the next migrator). Not behind a
 /// transaction pooler, whose server sessions are shared.
 pub(crate) fn session_limits(opts: &mut ConnectOptions, url: &DbUrl, lease: Duration) {
-    opts.test_before_acquire(true);
+    // Idle for zero or more: every time (sea-orm turns the plain
+    // `test_before_acquire` off once an idle threshold is set).
+    opts.test_before_acquire_if_idle_for(Duration::ZERO);
     if url.pooler() == Pooler::Transaction {
         return;
     }

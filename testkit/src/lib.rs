@@ -1,5 +1,8 @@
 #![doc = include_str!("../README.md")]
 
+mod proxy;
+pub use proxy::FaultProxy;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -305,6 +308,24 @@ impl TestDb {
             server,
             cleanup,
         }
+    }
+
+    /// Opens [`db`](Self::db) and [`app_db`](Self::app_db) again: after
+    /// the server crashed under them.
+    ///
+    /// # Panics
+    /// When the server does not answer.
+    pub async fn reconnect(&mut self) {
+        self.app_db = service::connection::connect(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("connect {}: {e}", self.url));
+        self.db = if self.direct_url == self.url {
+            self.app_db.clone()
+        } else {
+            service::connection::connect(&self.direct_url)
+                .await
+                .unwrap_or_else(|e| panic!("connect {}: {e}", self.direct_url))
+        };
     }
 
     /// The URL of this test's database on every node of its cluster (one
