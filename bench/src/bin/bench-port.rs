@@ -13,6 +13,8 @@
 //! ```sh
 //! cargo run --release -p bench --bin bench-port -- --backend sqlite --rows 100000
 //! cargo run --release -p bench --bin bench-port -- --backend postgres --url "$TEST_POSTGRES_URL"
+//! # against a build of an earlier commit, in the same run:
+//! cargo run --release -p bench --bin bench-port -- --backend postgres --baseline /tmp/old/migration
 //! ```
 
 use std::path::PathBuf;
@@ -49,6 +51,11 @@ struct Args {
     /// The Python that runs it (with bench/langbot/requirements.txt).
     #[arg(long, default_value = "python3")]
     python: String,
+    /// Another `migration` binary (a build of an earlier commit): its first
+    /// pass runs on a copy of the same rows in the same run, before ours,
+    /// to measure what a change cost.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
 }
 
 /// LangBot's own port of the same rows, in the same run: the rows are kept
@@ -287,6 +294,16 @@ async fn main() {
         Some(git) => Some(langbot_port(db, &args, git, &url).await),
         None => None,
     };
+    let baseline_s = match &args.baseline {
+        Some(baseline) => {
+            let copy = TestDb::create(backend, "bench_port_baseline", args.url.as_deref()).await;
+            seed(&copy.db, backend, args.rows).await;
+            let (s, _) =
+                run_migration(baseline, &copy.url, &["--batch-size", &batch, "up", "-n", "2"]);
+            Some(s)
+        }
+        None => None,
+    };
     // The schema migration and the port (not the rename after it).
     let cpu_before = children_cpu_s();
     let (first_s, first_rss) =
@@ -317,6 +334,8 @@ async fn main() {
             "langbot_s": langbot.map(|(s, _)| s),
             "langbot_peak_rss_mib": langbot.map(|(_, rss)| rss),
             "speedup_over_langbot": langbot.map(|(s, _)| (s / first_s * 10.0).round() / 10.0),
+            "baseline_first_pass_s": baseline_s.map(|s| (s * 100.0).round() / 100.0),
+            "ratio_to_baseline": baseline_s.map(|s| (first_s / s * 100.0).round() / 100.0),
             "noop_rerun_s": (rerun_s * 100.0).round() / 100.0,
             "peak_rss_mib": ((first_rss.max(rerun_rss)) * 10.0).round() / 10.0,
         })
