@@ -482,3 +482,34 @@ async fn older_binary_on_a_newer_database(t: TestDb) {
 }
 
 testkit::on_every_topology!(older_binary_on_a_newer_database);
+
+/// Behind PgBouncer in transaction mode without `?pooler=transaction`, the
+/// prepared-statement clash says which setting fixes it. (A run may be
+/// lucky and meet no clash: PgBouncer may hand each client a server
+/// connection of its own; it is tried up to five times.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbouncer_without_the_pooler_setting_says_so_postgres_pgbouncer() {
+    let t = TestDb::on(
+        Backend::Postgres,
+        testkit::Topology::Pooler,
+        "no_pooler_param",
+    )
+    .await
+    .expect("PostgreSQL behind PgBouncer");
+    let mut url = url::Url::parse(&t.url).unwrap();
+    url.set_query(None);
+    let mut failures = Vec::new();
+    for _ in 0..5 {
+        let out = finish(spawn(url.as_str(), &["up"])).await;
+        if out.status.success() {
+            continue;
+        }
+        failures.push(stderr(&out));
+        break;
+    }
+    let failure = failures
+        .pop()
+        .expect("five runs through PgBouncer without ?pooler=transaction met no clash");
+    assert!(failure.contains("add `?pooler=transaction`"), "{failure}");
+    assert_plain(&failure);
+}

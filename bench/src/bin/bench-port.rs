@@ -298,8 +298,11 @@ async fn main() {
         Some(baseline) => {
             let copy = TestDb::create(backend, "bench_port_baseline", args.url.as_deref()).await;
             seed(&copy.db, backend, args.rows).await;
-            let (s, _) =
-                run_migration(baseline, &copy.url, &["--batch-size", &batch, "up", "-n", "2"]);
+            let (s, _) = run_migration(
+                baseline,
+                &copy.url,
+                &["--batch-size", &batch, "up", "-n", "2"],
+            );
             Some(s)
         }
         None => None,
