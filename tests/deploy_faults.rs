@@ -168,7 +168,7 @@ async fn idle_session_timeout(staggered: bool) {
         database_name(&t.url)
     ))
     .await;
-    let args = ["--lock-lease", "3", "up"];
+    let args = ["--lock-lease", "6", "up"];
     let mut first = spawn(&t.url, &args);
     let second = if staggered {
         until_ported(&t, &mut first, 1).await;
@@ -204,9 +204,9 @@ mod idle_session_timeout {
 async fn holder_cut_mid_run(backend: Backend) {
     let t = langbot_database(backend, "cut", None).await;
     let proxy = FaultProxy::start(&t.url).await;
-    let mut holder = spawn(&proxy.url(&t.url), &["--lock-lease", "3", "up"]);
+    let mut holder = spawn(&proxy.url(&t.url), &["--lock-lease", "6", "up"]);
     until_ported(&t, &mut holder, 1).await;
-    let waiter = spawn(&t.url, &["--lock-lease", "3", "up"]);
+    let waiter = spawn(&t.url, &["--lock-lease", "6", "up"]);
     let before = proxy.accepted();
     until_ported(&t, &mut holder, 200).await;
     proxy.cut();
@@ -229,7 +229,7 @@ async fn holder_cut_mid_run(backend: Backend) {
 /// reconnects and finishes.
 async fn holder_sessions_killed(backend: Backend) {
     let mut t = langbot_database(backend, "killed", None).await;
-    let mut holder = spawn(&t.url, &["--lock-lease", "3", "up"]);
+    let mut holder = spawn(&t.url, &["--lock-lease", "6", "up"]);
     until_ported(&t, &mut holder, 200).await;
     let killer = Database::connect(t.direct_url.as_str()).await.unwrap();
     let sessions = other_sessions(&killer).await;
@@ -244,7 +244,7 @@ async fn holder_sessions_killed(backend: Backend) {
     }
     // The test's own pools were among them.
     t.reconnect().await;
-    let waiter = spawn(&t.url, &["--lock-lease", "3", "up"]);
+    let waiter = spawn(&t.url, &["--lock-lease", "6", "up"]);
     let out = finish(holder).await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert_plain(&stderr(&out));
@@ -283,11 +283,11 @@ async fn other_sessions(db: &DatabaseConnection) -> Vec<i64> {
 async fn holder_black_holed(backend: Backend) {
     let t = langbot_database(backend, "black_hole", None).await;
     let proxy = FaultProxy::start(&t.url).await;
-    let mut holder = spawn(&proxy.url(&t.url), &["--lock-lease", "3", "up"]);
+    let mut holder = spawn(&proxy.url(&t.url), &["--lock-lease", "6", "up"]);
     until_ported(&t, &mut holder, 200).await;
     let first = lease_holder(&t.db).await.expect("the holder's lease");
     proxy.black_hole(true);
-    let mut second = spawn(&t.url, &["--lock-lease", "3", "up"]);
+    let mut second = spawn(&t.url, &["--lock-lease", "6", "up"]);
     // Traffic flows again once the second migrator holds the lease.
     loop {
         if lease_holder(&t.db).await.is_some_and(|h| h != first) {
