@@ -33,10 +33,11 @@
 #   scripts/test-dbs.sh down|up postgres-restart|mariadb-restart
 #                                 the two halves of restart: shut it down
 #                                 (returns once it is gone), start it again
-#   scripts/test-dbs.sh crash postgres-restart|mariadb-restart
+#   scripts/test-dbs.sh crash postgres-restart|mariadb-restart|galera3
 #                                 SIGKILL that server and all its processes,
 #                                 as a host crash does (returns once they are
 #                                 gone); `up` starts it again, with recovery
+#                                 (galera3: rejoins the cluster and syncs)
 #
 # Safe to run twice: servers already running from the state directory are
 # reused; a half-made data directory (a run killed during initdb) is made
@@ -52,8 +53,10 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 command=${1:-start}
 case $command in start|stop|status) ;;
-    restart|down|up|crash) case ${2:-} in postgres-restart|mariadb-restart) ;; *)
+    restart|down) case ${2:-} in postgres-restart|mariadb-restart) ;; *)
         echo "usage: $0 $command postgres-restart|mariadb-restart" >&2; exit 2 ;; esac ;;
+    up|crash) case ${2:-} in postgres-restart|mariadb-restart|galera3) ;; *)
+        echo "usage: $0 $command postgres-restart|mariadb-restart|galera3" >&2; exit 2 ;; esac ;;
     *) echo "usage: $0 [start|status|stop|restart|down|up|crash NAME]" >&2; exit 2 ;;
 esac
 repo_hash=$(printf '%s' "$repo" | sha256sum | cut -c1-12)
@@ -481,8 +484,8 @@ crash() {
     local pid
     case $1 in
         postgres-restart) pid=$(pg_pid postgres-restart) || die "postgres-restart is not running" ;;
-        mariadb-restart) pid=$(mariadb_pid mariadb-restart) || die "mariadb-restart is not running" ;;
-        *) die "crash: postgres-restart or mariadb-restart, not $1" ;;
+        mariadb-restart|galera3) pid=$(mariadb_pid "$1") || die "$1 is not running" ;;
+        *) die "crash: postgres-restart, mariadb-restart or galera3, not $1" ;;
     esac
     log "crashing $1 (SIGKILL of pid $pid and its children)"
     local children
@@ -496,6 +499,8 @@ up() {
     case $1 in
         postgres-restart) start_postgres_restart ;;
         mariadb-restart) start_mariadb_restart ;;
+        # Rejoins the running cluster (state transfer), and waits for sync.
+        galera3) start_galera ;;
     esac
 }
 

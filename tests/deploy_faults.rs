@@ -513,3 +513,47 @@ async fn pgbouncer_without_the_pooler_setting_says_so_postgres_pgbouncer() {
     assert!(failure.contains("add `?pooler=transaction`"), "{failure}");
     assert_plain(&failure);
 }
+
+/// On Galera, the node the holder is connected to is SIGKILLed mid-port
+/// while a second `up` waits on another node: the holder ends with the
+/// lost-connection line, the second takes the expired lease over and
+/// finishes; the killed node then rejoins the cluster. Runs alone among
+/// the tests that use nodes 2 and 3 (`.config/nextest.toml`).
+async fn galera_node_killed(t: TestDb) {
+    let nodes = t.node_urls();
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    t.create_langbot_schema().await;
+    t.insert_pipelines(&legacy_rows()).await;
+    // Node 3 must have every row before the holder reads them there.
+    let n3 = Database::connect(nodes[2].as_str()).await.unwrap();
+    while committed_rows(&n3, "legacy_pipelines").await < ROWS as u64 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    n3.close().await.ok();
+    let mut holder = spawn(&nodes[2], &["--lock-lease", "6", "up"]);
+    until_ported(&t, &mut holder, 200).await;
+    let second = spawn(&nodes[1], &["--lock-lease", "6", "up"]);
+    test_dbs(&["crash", "galera3"]).await;
+    let held = finish(holder).await;
+    let out = finish(second).await;
+    // The cluster is whole again before anything is asserted.
+    test_dbs(&["up", "galera3"]).await;
+    assert_eq!(held.status.code(), Some(1), "{}", stderr(&held));
+    // The holder's pool may still be trying to reconnect when its lease
+    // runs out: either way the line says the server went away.
+    assert!(
+        stderr(&held).contains("rerunning `migration up` resumes"),
+        "{}",
+        stderr(&held)
+    );
+    assert_plain(&stderr(&held));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("lease had expired: taking over"),
+        "{}",
+        stderr(&out)
+    );
+    assert_like_uninterrupted(&t).await;
+}
+
+testkit::on_galera!(galera_node_killed);

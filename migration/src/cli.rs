@@ -69,6 +69,14 @@ pub enum MigrateError {
         crate::failure::describe_lost(.0)
     )]
     ConnectionLost(#[source] DbErr),
+    /// The server stopped answering long enough for the lease to be lost,
+    /// and did not come back in time (`--wait-for-db`).
+    #[error(
+        "the database server stopped answering, and this run stopped before its migration lock's \
+         lease ran out; what was committed stays, and rerunning `migration up` resumes where \
+         this run stopped (--wait-for-db N waits for a server that comes back)"
+    )]
+    ServerGone(#[source] ConnectError),
     /// The database failed.
     #[error("{}", crate::failure::describe(.0))]
     Db(#[source] DbErr),
@@ -445,14 +453,13 @@ async fn change_resuming(
             result = in_session(db, pooler, command.clone()) => result,
             () = lock.lost() => Err(LockError::Lost.into()),
         };
-        let lost_lease = lock.is_lost();
+        // A lease lost for want of renewals while the server does not
+        // answer is the server gone, not another migrator.
+        let server_gone = lock.is_lost()
+            && matches!(result, Err(MigrateError::Lock(LockError::Lost)))
+            && probe(locking.url).await.is_err();
         let resumable = match &result {
-            Err(e) if resumes < MAX_RESUMES => {
-                e.is_connection_lost()
-                    || (lost_lease
-                        && !locking.wait_for_db.is_zero()
-                        && probe(locking.url).await.is_err())
-            }
+            Err(e) if resumes < MAX_RESUMES => e.is_connection_lost() || server_gone,
             _ => false,
         };
         if !resumable {
@@ -467,8 +474,10 @@ async fn change_resuming(
         tracing::warn!("{}; waiting for the database server", error_line(&e));
         if let Err(down) = wait_for_server(locking.url, locking.wait_for_db).await {
             lock.release().await.ok();
-            tracing::warn!("the database server is still unreachable ({down})");
-            return Err(e.into_connection_lost());
+            return Err(match e {
+                MigrateError::Lock(LockError::Lost) => MigrateError::ServerGone(down),
+                e => e.into_connection_lost(),
+            });
         }
         resumes += 1;
         if lock.is_lost() {

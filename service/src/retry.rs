@@ -106,11 +106,37 @@ where
         match op().await {
             Err(e) if attempt < MAX_RETRIES && is_transient(&e) => {
                 attempt += 1;
-                tracing::warn!(attempt, error = %e, "{what} hit a lock or write conflict; retrying it");
+                tracing::warn!(
+                    attempt,
+                    error = %conflict_text(&e),
+                    "{what} hit a lock or write conflict; retrying it"
+                );
                 tokio::time::sleep(backoff(attempt)).await;
             }
             done => return done,
         }
+    }
+}
+
+/// The server's own words for a conflict (`1213: Deadlock found ...`,
+/// `40001: could not serialize ...`), without the driver's wrapping.
+fn conflict_text(e: &DbErr) -> String {
+    match e {
+        DbErr::Exec(RuntimeErr::SqlxError(err)) | DbErr::Query(RuntimeErr::SqlxError(err)) => {
+            match err.as_database_error() {
+                Some(db) => {
+                    let code = db
+                        .try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>()
+                        .map_or_else(
+                            || db.code().unwrap_or_default().into_owned(),
+                            |my| my.number().to_string(),
+                        );
+                    format!("{code}: {}", db.message())
+                }
+                None => err.to_string(),
+            }
+        }
+        other => other.to_string(),
     }
 }
 
