@@ -13,6 +13,9 @@
 #   postgres-restart, mariadb-restart: one more of each, plain, that only
 #                 the server-restart tests use and restart (`restart NAME`)
 #                                         127.0.0.1:54331, 127.0.0.1:33074
+#   postgres-primary, postgres-standby: a streaming-replication pair that
+#                 only the failover test makes (`failover-pair`) and removes
+#                                         127.0.0.1:54332, 127.0.0.1:54333
 #
 # Production-like defaults on purpose, so collation bugs cannot hide:
 #   PostgreSQL: default collation ICU en-US (linguistic, not code point)
@@ -33,7 +36,10 @@
 #   scripts/test-dbs.sh down|up postgres-restart|mariadb-restart
 #                                 the two halves of restart: shut it down
 #                                 (returns once it is gone), start it again
-#   scripts/test-dbs.sh crash postgres-restart|mariadb-restart|galera3
+#   scripts/test-dbs.sh failover-pair | failover-promote | failover-stop
+#                                 make a fresh primary and standby (prints
+#                                 their URLs), promote the standby, remove both
+#   scripts/test-dbs.sh crash postgres-restart|mariadb-restart|galera3|postgres-primary
 #                                 SIGKILL that server and all its processes,
 #                                 as a host crash does (returns once they are
 #                                 gone); `up` starts it again, with recovery
@@ -55,9 +61,10 @@ command=${1:-start}
 case $command in start|stop|status) ;;
     restart|down) case ${2:-} in postgres-restart|mariadb-restart) ;; *)
         echo "usage: $0 $command postgres-restart|mariadb-restart" >&2; exit 2 ;; esac ;;
-    up|crash) case ${2:-} in postgres-restart|mariadb-restart|galera3) ;; *)
-        echo "usage: $0 $command postgres-restart|mariadb-restart|galera3" >&2; exit 2 ;; esac ;;
-    *) echo "usage: $0 [start|status|stop|restart|down|up|crash NAME]" >&2; exit 2 ;;
+    up|crash) case ${2:-} in postgres-restart|mariadb-restart|galera3|postgres-primary) ;; *)
+        echo "usage: $0 $command postgres-restart|mariadb-restart|galera3|postgres-primary" >&2; exit 2 ;; esac ;;
+    failover-pair|failover-promote|failover-stop) ;;
+    *) echo "usage: $0 [start|status|stop|restart|down|up|crash NAME|failover-pair|failover-promote|failover-stop]" >&2; exit 2 ;;
 esac
 repo_hash=$(printf '%s' "$repo" | sha256sum | cut -c1-12)
 dir=${TESTDB_DIR:-${TMPDIR:-/tmp}/agent-runner-state-testdb/$repo_hash}
@@ -67,6 +74,8 @@ pgbouncer_port=${TESTDB_PGBOUNCER_PORT:-64329}
 my_port=${TESTDB_MYSQL_PORT:-33069}
 my_tls_port=${TESTDB_MYSQL_TLS_PORT:-33070}
 pg_restart_port=${TESTDB_PG_RESTART_PORT:-54331}
+pg_primary_port=${TESTDB_PG_PRIMARY_PORT:-54332}
+pg_standby_port=${TESTDB_PG_STANDBY_PORT:-54333}
 my_restart_port=${TESTDB_MYSQL_RESTART_PORT:-33074}
 galera_base_port=${TESTDB_GALERA_PORT:-33071}
 pg_bin=/usr/lib/postgresql/15/bin
@@ -448,6 +457,7 @@ stop() {
         while alive "$pid"; do sleep 0.1; done
     fi
     for name in postgres postgres-tls postgres-restart; do stop_pg "$name"; done
+    failover_stop
     # Galera nodes one at a time, node 1 last: it can then bootstrap again.
     for name in galera3 galera2 galera1 mariadb mariadb-tls mariadb-restart; do
         stop_mariadb "$name"
@@ -479,13 +489,50 @@ down() {
     esac
 }
 
+# ------------------------------------------------------- failover pair
+# postgres-primary and postgres-standby: a streaming-replication pair for
+# the failover test, made anew by `failover-pair` (an earlier pair, promoted
+# or not, is discarded); `failover-promote` promotes the standby;
+# `failover-stop` stops both and removes them.
+failover_stop() {
+    local name
+    for name in postgres-standby postgres-primary; do
+        if pg_pid "$name" >/dev/null; then
+            as_user postgres "$pg_bin/pg_ctl" -D "$dir/$name" -m immediate -w -t 60 stop >/dev/null || true
+        fi
+        rm -rf "${dir:?}/$name" "${dir:?}/$name-run"
+    done
+}
+
+failover_pair() {
+    failover_stop
+    start_pg postgres-primary "$pg_primary_port" 127.0.0.1
+    wait_for "PostgreSQL (primary)" "$pg_bin/pg_isready" -q -h 127.0.0.1 -p "$pg_primary_port"
+    log "making postgres-standby with pg_basebackup"
+    mkdir -p "$dir/postgres-standby"; own postgres: "$dir/postgres-standby"
+    chmod 700 "$dir/postgres-standby"
+    as_user postgres "$pg_bin/pg_basebackup" -h 127.0.0.1 -p "$pg_primary_port" -U postgres \
+        -D "$dir/postgres-standby" -R -X stream >"$dir/basebackup.log" 2>&1 \
+        || { cat "$dir/basebackup.log" >&2; die "pg_basebackup failed"; }
+    start_pg postgres-standby "$pg_standby_port" 127.0.0.1
+    wait_for "PostgreSQL (standby)" "$pg_bin/pg_isready" -q -h 127.0.0.1 -p "$pg_standby_port"
+    echo "TEST_POSTGRES_PRIMARY_URL=postgres://postgres@127.0.0.1:$pg_primary_port"
+    echo "TEST_POSTGRES_STANDBY_URL=postgres://postgres@127.0.0.1:$pg_standby_port"
+}
+
+failover_promote() {
+    as_user postgres "$pg_bin/pg_ctl" -D "$dir/postgres-standby" -w -t 60 promote >/dev/null \
+        || die "promoting postgres-standby failed"
+}
+
 # SIGKILL of a server and its children: no shutdown, no checkpoint.
 crash() {
     local pid
     case $1 in
         postgres-restart) pid=$(pg_pid postgres-restart) || die "postgres-restart is not running" ;;
+        postgres-primary) pid=$(pg_pid postgres-primary) || die "postgres-primary is not running" ;;
         mariadb-restart|galera3) pid=$(mariadb_pid "$1") || die "$1 is not running" ;;
-        *) die "crash: postgres-restart, mariadb-restart or galera3, not $1" ;;
+        *) die "crash: postgres-restart, mariadb-restart, galera3 or postgres-primary, not $1" ;;
     esac
     log "crashing $1 (SIGKILL of pid $pid and its children)"
     local children
@@ -516,6 +563,9 @@ case $command in
     restart) restart "$2"; exit ;;
     down) down "$2"; log "$2 is down"; exit ;;
     crash) crash "$2"; log "$2 crashed"; exit ;;
+    failover-pair) failover_pair; exit ;;
+    failover-promote) failover_promote; log "postgres-standby promoted"; exit ;;
+    failover-stop) failover_stop; log "failover pair removed"; exit ;;
     up) up "$2"; log "$2 is up"; exit ;;
 esac
 

@@ -339,8 +339,9 @@ on_both_servers!(
     holder_black_holed
 );
 
-/// Runs `scripts/test-dbs.sh` with `args`, on a blocking thread.
-async fn test_dbs(args: &[&str]) {
+/// Runs `scripts/test-dbs.sh` with `args`, on a blocking thread; its
+/// stdout.
+async fn test_dbs(args: &[&str]) -> String {
     let script = testkit::workspace_root().join("scripts/test-dbs.sh");
     let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
     let out = tokio::task::spawn_blocking(move || Command::new(script).args(&args).output())
@@ -352,6 +353,7 @@ async fn test_dbs(args: &[&str]) {
         "test-dbs.sh failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The server is SIGKILLed mid-port and started again (crash recovery).
@@ -557,3 +559,55 @@ async fn galera_node_killed(t: TestDb) {
 }
 
 testkit::on_galera!(galera_node_killed);
+
+/// A PostgreSQL failover mid-port: the primary is SIGKILLed, its streaming
+/// standby (made with `pg_basebackup`) promoted, and the stable address the
+/// deploy uses (a proxy) repointed to it. With `--wait-for-db`, the running
+/// `up` waits, resumes on the new primary and finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_failover_mid_port_postgres() {
+    let urls = test_dbs(&["failover-pair"]).await;
+    let url_of = |var: &str| {
+        urls.lines()
+            .find_map(|l| l.strip_prefix(&format!("{var}=")))
+            .unwrap_or_else(|| panic!("no {var} in: {urls}"))
+            .to_owned()
+    };
+    let (primary, standby) = (
+        url_of("TEST_POSTGRES_PRIMARY_URL"),
+        url_of("TEST_POSTGRES_STANDBY_URL"),
+    );
+    let proxy = FaultProxy::start(&primary).await;
+    let mut t = langbot_database(Backend::Postgres, "failover", Some(&proxy.url(&primary))).await;
+    // The standby has every row before the primary goes.
+    let name = database_name(&t.url);
+    let replica = loop {
+        let url = format!("{standby}/{name}");
+        if let Ok(db) = Database::connect(url.as_str()).await {
+            break db;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    while committed_rows(&replica, "legacy_pipelines").await < ROWS as u64 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    replica.close().await.ok();
+    let mut run = spawn(&t.url, &["--lock-lease", "6", "--wait-for-db", "120", "up"]);
+    until_ported(&t, &mut run, 200).await;
+    test_dbs(&["crash", "postgres-primary"]).await;
+    test_dbs(&["failover-promote"]).await;
+    proxy.repoint(&standby);
+    proxy.cut();
+    let out = finish(run).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("resuming the run"),
+        "{}",
+        stderr(&out)
+    );
+    assert_plain(&stderr(&out));
+    t.reconnect().await;
+    assert_like_uninterrupted(&t).await;
+    drop(t);
+    test_dbs(&["failover-stop"]).await;
+}

@@ -1,11 +1,12 @@
 //! A TCP proxy between code under test and its server, that a test turns
 //! into the faults a network produces: every connection cut, traffic
 //! black-holed (the sockets stay open, nothing goes through, as a frozen
-//! peer or a dropped route does), or each chunk delayed.
+//! peer or a dropped route does), each chunk delayed, or new connections
+//! sent to another server (a failover behind a stable address).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,7 +29,16 @@ pub struct FaultProxy {
     addr: SocketAddr,
     mode: watch::Sender<Mode>,
     accepted: Arc<AtomicU64>,
+    target: Arc<Mutex<String>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// `host:port` of a server URL.
+fn address(url: &str) -> String {
+    let parsed = url::Url::parse(url).expect("a server URL");
+    let host = parsed.host_str().expect("a host").to_owned();
+    let port = parsed.port_or_known_default().expect("a port");
+    format!("{host}:{port}")
 }
 
 impl FaultProxy {
@@ -38,10 +48,7 @@ impl FaultProxy {
     /// # Panics
     /// When the URL has no host or the port cannot be bound.
     pub async fn start(url: &str) -> Self {
-        let parsed = url::Url::parse(url).expect("a server URL");
-        let host = parsed.host_str().expect("a host").to_owned();
-        let port = parsed.port_or_known_default().expect("a port");
-        let target = format!("{host}:{port}");
+        let target = Arc::new(Mutex::new(address(url)));
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the proxy");
@@ -49,16 +56,19 @@ impl FaultProxy {
         let (mode, watcher) = watch::channel(Mode::default());
         let accepted = Arc::new(AtomicU64::new(0));
         let counter = accepted.clone();
+        let current = target.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(forward(client, target.clone(), watcher.clone()));
+                let to = current.lock().expect("the target").clone();
+                tokio::spawn(forward(client, to, watcher.clone()));
             }
         });
         Self {
             addr,
             mode,
             accepted,
+            target,
             task,
         }
     }
@@ -88,6 +98,12 @@ impl FaultProxy {
     /// Delays every chunk forwarded from now on by `delay`.
     pub fn delay(&self, delay: Duration) {
         self.mode.send_modify(|m| m.delay = delay);
+    }
+
+    /// Sends connections opened from now on to the server of `url`
+    /// (connections open now stay where they are: [`cut`](Self::cut) them).
+    pub fn repoint(&self, url: &str) {
+        *self.target.lock().expect("the target") = address(url);
     }
 
     /// Connections accepted so far.
