@@ -122,14 +122,14 @@ impl MigrateError {
 }
 
 /// `e` and its causes on one line: each cause is appended unless the text
-/// already says it, up to the first database error, which the line above
-/// it already described in words of our own.
+/// already says it, up to the first database or driver error, which the
+/// line above it already described in words of our own.
 fn error_line(e: &MigrateError) -> String {
     use std::error::Error;
     let mut line = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
-        if cause.is::<DbErr>() {
+        if cause.is::<DbErr>() || cause.is::<sea_orm_migration::sea_orm::sqlx::Error>() {
             break;
         }
         let text = cause.to_string();

@@ -111,8 +111,8 @@ pub enum ConnectError {
     )]
     Tls(#[source] sqlx::Error),
     /// Anything else the driver says (refused, bad password, unknown
-    /// database...).
-    #[error("{0}")]
+    /// database...), in words of our own.
+    #[error("{}", driver_line(.0))]
     Driver(#[source] sqlx::Error),
     /// SQLite could not open the file for the store's inline connections
     /// ([`InlineSqlite`]).
@@ -122,6 +122,26 @@ pub enum ConnectError {
     /// blocking thread that opens inline SQLite connections did not run.
     #[error("the connection pool could not open")]
     Pool(#[source] DbErr),
+}
+
+/// What a driver error at connect time means, without the driver's
+/// wrapping (`error communicating with database:`, `error returned from
+/// database:`): the server's message and code, or the socket's error.
+pub fn driver_line(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Io(io) => format!("the server could not be reached: {io}"),
+        sqlx::Error::Database(db) => {
+            let code = db
+                .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                .map_or_else(
+                    || format!("SQLSTATE {}", db.code().unwrap_or_default()),
+                    |my| format!("MySQL error {}", my.number()),
+                );
+            format!("the server refused: {} ({code})", db.message())
+        }
+        sqlx::Error::PoolTimedOut => "timed out waiting for a connection".to_owned(),
+        other => other.to_string(),
+    }
 }
 
 /// A database URL, read once: the backend, the pooler, and the URL the

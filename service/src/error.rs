@@ -73,11 +73,16 @@ pub type Result<T, E = StateError> = std::result::Result<T, E>;
 
 /// An error and its causes on one line, for the top of a binary: each
 /// source is appended (`: cause`) unless the text so far already says it,
-/// and line breaks become spaces.
+/// up to the driver's own error, and line breaks become spaces.
 pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
     let mut line = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
+        // The driver's own formatting: the line above it already said what
+        // it means.
+        if cause.is::<sea_orm::sqlx::Error>() {
+            break;
+        }
         let text = cause.to_string();
         if !line.contains(&text) {
             line.push_str(": ");
