@@ -9,13 +9,13 @@
 #   mariadb       MariaDB, plain                               127.0.0.1:33069
 #   mariadb-tls   MariaDB, require_secure_transport=ON         localhost:33070
 #   galera        3-node MariaDB Galera cluster (TESTDB_GALERA=1, or CI=true)
-#                                                   127.0.0.1:33071,33072,33073
+#                                                   127.0.0.1:23071,23072,23073
 #   postgres-restart, mariadb-restart: one more of each, plain, that only
 #                 the server-restart tests use and restart (`restart NAME`)
-#                                         127.0.0.1:54331, 127.0.0.1:33074
+#                                         127.0.0.1:25431, 127.0.0.1:23074
 #   postgres-primary, postgres-standby: a streaming-replication pair that
 #                 only the failover test makes (`failover-pair`) and removes
-#                                         127.0.0.1:54332, 127.0.0.1:54333
+#                                         127.0.0.1:25432, 127.0.0.1:25433
 #
 # Production-like defaults on purpose, so collation bugs cannot hide:
 #   PostgreSQL: default collation ICU en-US (linguistic, not code point)
@@ -73,11 +73,14 @@ pg_tls_port=${TESTDB_PG_TLS_PORT:-54330}
 pgbouncer_port=${TESTDB_PGBOUNCER_PORT:-64329}
 my_port=${TESTDB_MYSQL_PORT:-33069}
 my_tls_port=${TESTDB_MYSQL_TLS_PORT:-33070}
-pg_restart_port=${TESTDB_PG_RESTART_PORT:-54331}
-pg_primary_port=${TESTDB_PG_PRIMARY_PORT:-54332}
-pg_standby_port=${TESTDB_PG_STANDBY_PORT:-54333}
-my_restart_port=${TESTDB_MYSQL_RESTART_PORT:-33074}
-galera_base_port=${TESTDB_GALERA_PORT:-33071}
+# Servers that tests stop, crash or make while other tests run listen below
+# Linux's ephemeral range (32768-60999): a client connection's source port
+# can take a port in that range, and a server started then could not bind it.
+pg_restart_port=${TESTDB_PG_RESTART_PORT:-25431}
+pg_primary_port=${TESTDB_PG_PRIMARY_PORT:-25432}
+pg_standby_port=${TESTDB_PG_STANDBY_PORT:-25433}
+my_restart_port=${TESTDB_MYSQL_RESTART_PORT:-23074}
+galera_base_port=${TESTDB_GALERA_PORT:-23071}
 pg_bin=/usr/lib/postgresql/15/bin
 galera=${TESTDB_GALERA:-}
 if [ -z "$galera" ] && { [ "${CI:-}" = true ] || [ "${CI:-}" = 1 ]; }; then galera=1; fi

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use sea_orm_migration::sea_orm::{Database, DatabaseConnection, DatabaseExecutor, DbErr};
 use service::connection::{
-    ConnectError, DEFAULT_SQLITE_URL, DbUrl, Pooler, batch_connect_options, probe,
+    CONNECT_TIMEOUT, ConnectError, DEFAULT_SQLITE_URL, DbUrl, Pooler, batch_connect_options, probe,
     read_only_connect_options, redact,
 };
 
@@ -202,7 +202,7 @@ pub struct Cli {
     lock_timeout: u64,
 
     /// How long the migration lock's lease lasts unless renewed (it is
-    /// renewed every third of it): the longest a crashed migrator can block
+    /// renewed every sixth of it): the longest a crashed migrator can block
     /// the next one.
     #[arg(
         long,
@@ -447,23 +447,36 @@ async fn change_resuming(
     locking: &Locking<'_>,
 ) -> Result<ExitCode, MigrateError> {
     let mut lock = MigrationLock::acquire(locking.url, locking.timeout, locking.lease).await?;
+    // `-n` counts from where the database stands: a rerun after a step
+    // committed would count again. Under the lock, name the target instead.
+    let command = match named_target(db, pooler, command).await {
+        Ok(command) => command,
+        Err(e) => {
+            lock.release().await.ok();
+            return Err(e);
+        }
+    };
     let mut resumes = 0;
     loop {
         let result = tokio::select! {
             result = in_session(db, pooler, command.clone()) => result,
             () = lock.lost() => Err(LockError::Lost.into()),
         };
-        // A lease lost for want of renewals while the server does not
-        // answer is the server gone, not another migrator.
-        let server_gone = lock.is_lost()
-            && matches!(result, Err(MigrateError::Lock(LockError::Lost)))
-            && probe(locking.url).await.is_err();
-        let resumable = match &result {
-            Err(e) if resumes < MAX_RESUMES => e.is_connection_lost() || server_gone,
-            _ => false,
-        };
+        let lost_lease = matches!(result, Err(MigrateError::Lock(LockError::Lost)));
+        // A lost connection resumes once the server answers; a lost lease
+        // only when the operator asked to wait (the lock is taken again
+        // first, behind whoever holds it now).
+        let resumable = resumes < MAX_RESUMES
+            && match &result {
+                Err(e) => e.is_connection_lost() || (lost_lease && !locking.wait_for_db.is_zero()),
+                Ok(_) => false,
+            };
         if !resumable {
             let released = lock.release().await;
+            if lost_lease && let Err(down) = probe_in_time(locking.url, CONNECT_TIMEOUT).await {
+                // Lost for want of renewals while the server was away.
+                return Err(MigrateError::ServerGone(down));
+            }
             let code = result?;
             released?;
             return Ok(code);
@@ -738,7 +751,8 @@ async fn wait_for_server(url: &str, patience: Duration) -> Result<(), ConnectErr
     let deadline = Instant::now() + patience;
     let mut delay = Duration::from_millis(250);
     loop {
-        match probe(url).await {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match probe_in_time(url, CONNECT_TIMEOUT.min(left.max(Duration::from_secs(1)))).await {
             Ok(()) => return Ok(()),
             // Waiting cannot mend a URL or a TLS setting.
             Err(
@@ -762,6 +776,66 @@ async fn wait_for_server(url: &str, patience: Duration) -> Result<(), ConnectErr
             }
         }
     }
+}
+
+/// [`probe`] with a deadline: a server that does not answer at all (a
+/// black-holed route) counts as unreachable once it passes.
+async fn probe_in_time(url: &str, deadline: Duration) -> Result<(), ConnectError> {
+    match tokio::time::timeout(deadline, probe(url)).await {
+        Ok(probed) => probed,
+        Err(_) => Err(ConnectError::Driver(
+            sea_orm_migration::sea_orm::sqlx::Error::PoolTimedOut,
+        )),
+    }
+}
+
+/// `up -n N` and `down -n N` as `--to <name>`, read from the history under
+/// the lock, so that a run resumed after a lost connection stops where the
+/// first one was asked to. Other commands as they are.
+async fn named_target(
+    db: &DatabaseConnection,
+    pooler: Pooler,
+    command: Command,
+) -> Result<Command, MigrateError> {
+    let needs_history = matches!(
+        command,
+        Command::Up {
+            num: Some(_),
+            to: None
+        } | Command::Down { to: None, .. }
+    );
+    if !needs_history {
+        return Ok(command);
+    }
+    let history = if pooler == Pooler::Transaction {
+        let session = service::connection::PooledSession::begin(db).await?;
+        let read = History::read(session.work()).await;
+        session.commit().await?;
+        read?
+    } else {
+        History::read(db).await?
+    };
+    Ok(match command {
+        Command::Up { num: Some(0), .. } => command,
+        Command::Up { num: Some(n), .. } => match history.pending.get(n as usize - 1) {
+            Some(name) => Command::Up {
+                num: None,
+                to: Some(name.clone()),
+            },
+            None => Command::Up {
+                num: None,
+                to: None,
+            },
+        },
+        Command::Down { num, .. } if num > 0 && !history.applied.is_empty() => {
+            let first = history.applied.len().saturating_sub(num as usize);
+            Command::Down {
+                num,
+                to: Some(history.applied[first].clone()),
+            }
+        }
+        command => command,
+    })
 }
 
 /// Prints each migration and whether it is applied; never writes (no

@@ -150,9 +150,14 @@ pub async fn up(db: &DatabaseExecutor<'_>, steps: Option<u32>) -> Result<(), Ahe
             txn.commit().await?;
         } else {
             migration.up(&SchemaManager::new(reborrow(db))).await?;
-            let txn = db.begin().await?;
-            record(&txn, migration.name()).await?;
-            txn.commit().await?;
+            // On Galera the commit may lose a certification conflict (the
+            // renewer's write to the lease row from another node): redo it.
+            service::retry::on_conflict("recording a migration", || async {
+                let txn = db.begin().await?;
+                record(&txn, migration.name()).await?;
+                txn.commit().await
+            })
+            .await?;
         }
         tracing::info!("migration '{}' has been applied", migration.name());
     }
@@ -186,9 +191,12 @@ pub async fn down(db: &DatabaseExecutor<'_>, steps: u32) -> Result<(), AheadErro
             txn.commit().await?;
         } else {
             migration.down(&SchemaManager::new(reborrow(db))).await?;
-            let txn = db.begin().await?;
-            forget(&txn, migration.name()).await?;
-            txn.commit().await?;
+            service::retry::on_conflict("forgetting a migration", || async {
+                let txn = db.begin().await?;
+                forget(&txn, migration.name()).await?;
+                txn.commit().await
+            })
+            .await?;
         }
         tracing::info!("migration '{}' has been rolled back", migration.name());
     }

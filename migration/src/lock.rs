@@ -176,7 +176,8 @@ pub struct Fence {
 }
 
 /// The fence of the lease this process holds, if any ([`MigrationLock`]
-/// installs it while held): migrations take no arguments.
+/// installs it while held): migrations take no arguments. One per process:
+/// a process holds at most one migration lock at a time.
 static FENCE: RwLock<Option<Fence>> = RwLock::new(None);
 
 /// Whether [`fence`] may lock the lease row (`true`), or only read it: a
@@ -632,8 +633,8 @@ const RELEASE_DEADLINE: Duration = Duration::from_secs(5);
 /// Pings every connection before use (the server or a proxy may have
 /// closed it while idle), and has the server end a session left idle
 /// inside a transaction for longer than a lease (its holder is cut off,
-/// and its row locks would block the next migrator). Not behind a
-/// transaction pooler, whose server sessions are shared.
+/// and its row locks would block the next migrator); MySQL sessions in
+/// UTC. Not behind a transaction pooler, whose server sessions are shared.
 pub(crate) fn session_limits(opts: &mut ConnectOptions, url: &DbUrl, lease: Duration) {
     // Idle for zero or more: every time (sea-orm turns the plain
     // `test_before_acquire` off once an idle threshold is set).
@@ -646,7 +647,12 @@ pub(crate) fn session_limits(opts: &mut ConnectOptions, url: &DbUrl, lease: Dura
         "SET idle_in_transaction_session_timeout = {}",
         limit.as_millis()
     );
-    let my = format!("SET SESSION wait_timeout = {}", limit.as_secs().max(1));
+    // UTC: the lease's times come from `UNIX_TIMESTAMP(NOW(3))`, which
+    // reads NOW in the session's zone (an hour jumps at a DST change).
+    let my = format!(
+        "SET SESSION wait_timeout = {}, time_zone = '+00:00'",
+        limit.as_secs().max(1)
+    );
     opts.map_sqlx_postgres_pool_opts(move |o| {
         let pg = pg.clone();
         o.after_connect(move |conn, _| {
@@ -703,7 +709,9 @@ async fn renew(
     loop {
         tokio::time::sleep_until(next.into()).await;
         let sent = Instant::now();
-        let outcome = tokio::time::timeout(every, exec(&db, &sql)).await;
+        // No attempt runs past the moment the lease counts as lost.
+        let deadline = every.min((renewed + lost_after).saturating_duration_since(sent));
+        let outcome = tokio::time::timeout(deadline, exec(&db, &sql)).await;
         match outcome {
             Ok(Ok(1)) => {
                 renewed = sent;
@@ -722,7 +730,7 @@ async fn renew(
             Err(_) => tracing::warn!(
                 "the server did not answer a renewal of the migration lock's lease within {:.1}s; \
                  retrying",
-                every.as_secs_f64()
+                deadline.as_secs_f64()
             ),
         }
         if renewed.elapsed() >= lost_after {

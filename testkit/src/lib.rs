@@ -442,7 +442,8 @@ impl TestDb {
     }
 
     /// Starts the `migration` binary on this database, quiet, with
-    /// `--batch-size` and then `args` (the kill-and-rerun tests).
+    /// `--batch-size`, a lease of 5 s (a SIGKILLed run's lease blocks the
+    /// rerun until it expires) and then `args` (the kill-and-rerun tests).
     pub fn spawn_migration(&self, batch_size: u64, args: &[&str]) -> std::process::Child {
         std::process::Command::new(migration_bin())
             .args([
@@ -450,6 +451,8 @@ impl TestDb {
                 self.url.as_str(),
                 "--batch-size",
                 &batch_size.to_string(),
+                "--lock-lease",
+                "5",
             ])
             .args(args)
             .current_dir(std::env::temp_dir())
