@@ -325,6 +325,26 @@ async fn holder_black_holed(backend: Backend) {
     assert_like_uninterrupted(&t).await;
 }
 
+/// Every chunk between the holder and its server is delayed by 5 ms (a
+/// slow, far network): the run is slower, not failed; its renewals, each
+/// with a deadline, keep its lease, and a second `up` waits without taking
+/// anything over.
+async fn slow_network(backend: Backend) {
+    let t = langbot_database(backend, "slow_network", None).await;
+    let proxy = FaultProxy::start(&t.url).await;
+    proxy.delay(std::time::Duration::from_millis(5));
+    let mut holder = spawn(&proxy.url(&t.url), &["--lock-lease", "6", "up"]);
+    until_ported(&t, &mut holder, 1).await;
+    let waiter = spawn(&t.url, &["--lock-lease", "6", "up"]);
+    let out = finish(holder).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_plain(&stderr(&out));
+    let out = finish(waiter).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("taking over"), "{}", stderr(&out));
+    assert_like_uninterrupted(&t).await;
+}
+
 macro_rules! on_both_servers {
     ($($scenario:ident),* $(,)?) => {$(
         mod $scenario {
@@ -343,7 +363,8 @@ macro_rules! on_both_servers {
 on_both_servers!(
     holder_cut_mid_run,
     holder_sessions_killed,
-    holder_black_holed
+    holder_black_holed,
+    slow_network
 );
 
 /// Runs `scripts/test-dbs.sh` with `args`, on a blocking thread; its
