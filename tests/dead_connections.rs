@@ -27,31 +27,11 @@ fn ctx(actor: &str) -> StateContext {
     testkit::user_context("plugin:langbot/local-agent/default", "c-1", actor)
 }
 
-/// Client sessions on the test's database other than the asking one.
-async fn other_sessions(db: &DatabaseConnection) -> Vec<i64> {
-    let sql = match db.get_database_backend() {
-        DbBackend::Postgres => {
-            "SELECT CAST(pid AS BIGINT) FROM pg_stat_activity WHERE datname = current_database() \
-             AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
-        }
-        _ => {
-            "SELECT CAST(ID AS SIGNED) FROM information_schema.PROCESSLIST \
-             WHERE DB = DATABASE() AND ID <> CONNECTION_ID()"
-        }
-    };
-    db.query_all_raw(Statement::from_string(db.get_database_backend(), sql))
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.try_get_by_index::<i64>(0).unwrap())
-        .collect()
-}
-
 /// Ends every other session on the test's database and waits until the
 /// server reports each of them gone (a pool may open new ones meanwhile);
 /// how many it ended.
 async fn end_other_sessions(killer: &DatabaseConnection) -> usize {
-    let sessions = other_sessions(killer).await;
+    let sessions = testkit::other_sessions(killer).await;
     for id in &sessions {
         let sql = match killer.get_database_backend() {
             DbBackend::Postgres => format!("SELECT pg_terminate_backend({id})"),
@@ -61,7 +41,7 @@ async fn end_other_sessions(killer: &DatabaseConnection) -> usize {
         let _ = killer.execute_unprepared(&sql).await;
     }
     let mut polls = 0;
-    while other_sessions(killer)
+    while testkit::other_sessions(killer)
         .await
         .iter()
         .any(|id| sessions.contains(id))
@@ -82,7 +62,7 @@ async fn a_pool_survives_its_connections_ending(t: TestDb) {
 
     // The pool under test, as a service would open it, with several
     // connections open and used.
-    let before = other_sessions(&killer).await.len();
+    let before = testkit::other_sessions(&killer).await.len();
     let pool = service::connection::connect(&t.url).await.unwrap();
     let server = t.server.as_ref();
     let store = StateStore::new(&pool)

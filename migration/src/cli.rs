@@ -121,25 +121,10 @@ impl MigrateError {
     }
 }
 
-/// `e` and its causes on one line: each cause is appended unless the text
-/// already says it, up to the first database or driver error, which the
-/// line above it already described in words of our own.
+/// `e` and its causes on one line, up to the first database error, which
+/// the line above it already described in words of our own.
 fn error_line(e: &MigrateError) -> String {
-    use std::error::Error;
-    let mut line = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        if cause.is::<DbErr>() || cause.is::<sea_orm_migration::sea_orm::sqlx::Error>() {
-            break;
-        }
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        source = cause.source();
-    }
-    line.replace(['\n', '\r'], " ")
+    service::error_line_until(e, |cause| cause.is::<DbErr>())
 }
 
 /// Parses nothing: runs the parsed command line, prints any error as one

@@ -75,12 +75,21 @@ pub type Result<T, E = StateError> = std::result::Result<T, E>;
 /// source is appended (`: cause`) unless the text so far already says it,
 /// up to the driver's own error, and line breaks become spaces.
 pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
+    error_line_until(e, |_| false)
+}
+
+/// [`error_line`], also stopping at the first cause for which `said` is
+/// true: one the line above it already put in words of its own.
+pub fn error_line_until(
+    e: &(dyn std::error::Error + 'static),
+    said: impl Fn(&(dyn std::error::Error + 'static)) -> bool,
+) -> String {
     let mut line = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
         // The driver's own formatting: the line above it already said what
         // it means.
-        if cause.is::<sea_orm::sqlx::Error>() {
+        if cause.is::<sea_orm::sqlx::Error>() || said(cause) {
             break;
         }
         let text = cause.to_string();

@@ -16,7 +16,7 @@ pub mod server_connections;
 pub mod store;
 pub mod value;
 
-pub use error::{Result, StateError, error_line};
+pub use error::{Result, StateError, error_line, error_line_until};
 pub use identity::{Actor, Binding, Event, IdentityColumns, Scope, Subject};
 pub use policy::StatePolicy;
 pub use run::{RunRegistry, RunSession, RunStateError, StateCall};

@@ -875,6 +875,31 @@ pub fn backend_of(db: &DatabaseConnection) -> Backend {
     }
 }
 
+/// Client sessions on `db`'s database other than the asking one, by id
+/// (PostgreSQL backend pid, MariaDB connection id): what a test ends to
+/// play a server that closes connections.
+///
+/// # Panics
+/// When the server does not answer.
+pub async fn other_sessions(db: &DatabaseConnection) -> Vec<i64> {
+    let sql = match db.get_database_backend() {
+        DbBackend::Postgres => {
+            "SELECT CAST(pid AS BIGINT) FROM pg_stat_activity WHERE datname = current_database() \
+             AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        }
+        _ => {
+            "SELECT CAST(ID AS SIGNED) FROM information_schema.PROCESSLIST \
+             WHERE DB = DATABASE() AND ID <> CONNECTION_ID()"
+        }
+    };
+    db.query_all_raw(Statement::from_string(db.get_database_backend(), sql))
+        .await
+        .unwrap_or_else(|e| panic!("list the sessions: {e}"))
+        .iter()
+        .map(|r| r.try_get_by_index::<i64>(0).expect("a session id"))
+        .collect()
+}
+
 /// Rows in `table`, or 0 while it does not exist yet: the progress a data
 /// migration has committed, for the kill-and-rerun tests.
 pub async fn committed_rows(db: &DatabaseConnection, table: &str) -> u64 {
