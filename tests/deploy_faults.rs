@@ -16,7 +16,7 @@ use std::process::{Child, Command, Output, Stdio};
 
 use migration::port::BACKUP_TABLE;
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
 use testkit::{Backend, FaultProxy, TestDb, committed_rows, migration_bin};
 
 /// Legacy pipelines per run: 80 batches of [`BATCH`].
@@ -148,6 +148,19 @@ fn assert_plain(line: &str) {
     }
 }
 
+/// A run that lost its server, waited for it and finished.
+fn assert_resumed(out: &Output) {
+    assert!(out.status.success(), "{}", stderr(out));
+    assert!(stderr(out).contains("resuming the run"), "{}", stderr(out));
+    assert_plain(&stderr(out));
+}
+
+/// A second migrator that waited for the first and took nothing over.
+fn assert_waited(out: &Output) {
+    assert!(out.status.success(), "{}", stderr(out));
+    assert!(!stderr(out).contains("taking over"), "{}", stderr(out));
+}
+
 /// The database's name in `url`.
 fn database_name(url: &str) -> String {
     url::Url::parse(url)
@@ -180,9 +193,7 @@ async fn idle_session_timeout(staggered: bool) {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_plain(&stderr(&out));
     if let Some(second) = second {
-        let out = finish(second).await;
-        assert!(out.status.success(), "{}", stderr(&out));
-        assert!(!stderr(&out).contains("taking over"), "{}", stderr(&out));
+        assert_waited(&finish(second).await);
     }
     assert_like_uninterrupted(&t).await;
 }
@@ -217,9 +228,7 @@ async fn holder_cut_mid_run(backend: Backend) {
         proxy.accepted() > before,
         "the holder never reconnected after the cut"
     );
-    let out = finish(waiter).await;
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(!stderr(&out).contains("taking over"), "{}", stderr(&out));
+    assert_waited(&finish(waiter).await);
     assert_like_uninterrupted(&t).await;
 }
 
@@ -232,7 +241,7 @@ async fn holder_sessions_killed(backend: Backend) {
     let mut holder = spawn(&t.url, &["--lock-lease", "6", "up"]);
     until_ported(&t, &mut holder, 200).await;
     let killer = Database::connect(t.direct_url.as_str()).await.unwrap();
-    let sessions = other_sessions(&killer).await;
+    let sessions = testkit::other_sessions(&killer).await;
     assert!(!sessions.is_empty());
     for id in &sessions {
         let sql = match backend {
@@ -248,32 +257,9 @@ async fn holder_sessions_killed(backend: Backend) {
     let out = finish(holder).await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert_plain(&stderr(&out));
-    let out = finish(waiter).await;
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(!stderr(&out).contains("taking over"), "{}", stderr(&out));
+    assert_waited(&finish(waiter).await);
     killer.close().await.ok();
     assert_like_uninterrupted(&t).await;
-}
-
-/// Client sessions on the database other than the asking one (and the
-/// test's own pools, which sit idle meanwhile: ending them costs nothing).
-async fn other_sessions(db: &DatabaseConnection) -> Vec<i64> {
-    let sql = match db.get_database_backend() {
-        DbBackend::Postgres => {
-            "SELECT CAST(pid AS BIGINT) FROM pg_stat_activity WHERE datname = current_database() \
-             AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
-        }
-        _ => {
-            "SELECT CAST(ID AS SIGNED) FROM information_schema.PROCESSLIST \
-             WHERE DB = DATABASE() AND ID <> CONNECTION_ID()"
-        }
-    };
-    db.query_all_raw(Statement::from_string(db.get_database_backend(), sql))
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.try_get_by_index::<i64>(0).unwrap())
-        .collect()
 }
 
 /// The holder's traffic is black-holed mid-port for longer than a lease:
@@ -293,10 +279,13 @@ async fn holder_black_holed(backend: Backend) {
         if lease_holder(&t.db).await.is_some_and(|h| h != first) {
             break;
         }
-        assert!(
-            second.try_wait().unwrap().is_none(),
-            "the second migrator ended without taking the lease over"
-        );
+        if second.try_wait().unwrap().is_some() {
+            let out = finish(second).await;
+            panic!(
+                "the second migrator ended without taking the lease over: {}",
+                stderr(&out)
+            );
+        }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     proxy.black_hole(false);
@@ -339,9 +328,7 @@ async fn slow_network(backend: Backend) {
     let out = finish(holder).await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert_plain(&stderr(&out));
-    let out = finish(waiter).await;
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(!stderr(&out).contains("taking over"), "{}", stderr(&out));
+    assert_waited(&finish(waiter).await);
     assert_like_uninterrupted(&t).await;
 }
 
@@ -364,7 +351,8 @@ on_both_servers!(
     holder_cut_mid_run,
     holder_sessions_killed,
     holder_black_holed,
-    slow_network
+    slow_network,
+    takeover_after_a_long_wait
 );
 
 /// Runs `scripts/test-dbs.sh` with `args`, on a blocking thread; its
@@ -405,14 +393,7 @@ async fn server_crash(backend: Backend, wait: bool) {
     test_dbs(&["crash", instance]).await;
     if wait {
         test_dbs(&["up", instance]).await;
-        let out = finish(run).await;
-        assert!(out.status.success(), "{}", stderr(&out));
-        assert!(
-            stderr(&out).contains("resuming the run"),
-            "{}",
-            stderr(&out)
-        );
-        assert_plain(&stderr(&out));
+        assert_resumed(&finish(run).await);
     } else {
         let out = finish(run).await;
         test_dbs(&["up", instance]).await;
@@ -626,16 +607,76 @@ async fn postgres_failover_mid_port_postgres() {
     test_dbs(&["failover-promote"]).await;
     proxy.repoint(&standby);
     proxy.cut();
-    let out = finish(run).await;
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("resuming the run"),
-        "{}",
-        stderr(&out)
-    );
-    assert_plain(&stderr(&out));
+    assert_resumed(&finish(run).await);
     t.reconnect().await;
     assert_like_uninterrupted(&t).await;
     drop(t);
     test_dbs(&["failover-stop"]).await;
+}
+
+/// A takeover that waited behind a row lock for longer than a lease (the
+/// cut-off holder's transaction still open on the server) keeps the lease
+/// it took: it counts from the moment it was taken, not from when the
+/// statement was sent. Here the test itself holds the expired lease row
+/// locked until the migrator has waited a whole lease.
+async fn takeover_after_a_long_wait(backend: Backend) {
+    use sea_orm::TransactionTrait;
+    let t = langbot_database(backend, "long_wait", None).await;
+    migration::lock::ensure_table(&t.db).await.unwrap();
+    t.exec(&format!(
+        "INSERT INTO {} (name, holder, session, acquired_at_ms, expires_at_ms) \
+         VALUES ('{}', 'gone-host:1:dead', '', 0, 0)",
+        migration::lock::LOCK_TABLE,
+        migration::lock::LOCK_NAME
+    ))
+    .await;
+    let blocker = Database::connect(t.direct_url.as_str()).await.unwrap();
+    let txn = blocker.begin().await.unwrap();
+    txn.execute_unprepared(&format!(
+        "SELECT holder FROM {} FOR UPDATE",
+        migration::lock::LOCK_TABLE
+    ))
+    .await
+    .unwrap();
+    let lease = std::time::Duration::from_secs(2);
+    let mut run = spawn(&t.url, &["--lock-lease", "2", "up"]);
+    // The migrator's statement on the lease row waits for the lock...
+    let waiting = match backend {
+        Backend::Postgres => {
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND query LIKE '%migration_lock%' AND datname = current_database()"
+        }
+        _ => {
+            "SELECT CAST(COUNT(*) AS SIGNED) FROM information_schema.PROCESSLIST \
+             WHERE DB = DATABASE() AND INFO LIKE '%migration_lock%' AND ID <> CONNECTION_ID()"
+        }
+    };
+    loop {
+        assert!(run.try_wait().unwrap().is_none(), "the migrator ended");
+        let row =
+            t.db.query_one_raw(Statement::from_string(t.db.get_database_backend(), waiting))
+                .await
+                .unwrap()
+                .unwrap();
+        if row.try_get_by_index::<i64>(0).unwrap() > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // ... for longer than a lease: that length of time is what is tested.
+    let waited = std::time::Instant::now();
+    while waited.elapsed() < lease + lease / 2 {
+        assert!(run.try_wait().unwrap().is_none(), "the migrator ended");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    txn.rollback().await.unwrap();
+    blocker.close().await.ok();
+    let out = finish(run).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("lease had expired: taking over"),
+        "{}",
+        stderr(&out)
+    );
+    assert_like_uninterrupted(&t).await;
 }

@@ -239,6 +239,17 @@ impl Fence {
         }
     }
 
+    /// The renewer's statement: extends the lease while it is this
+    /// holder's.
+    fn renewal_sql(&self, backend: DbBackend) -> String {
+        let now = now_ms(backend);
+        format!(
+            "UPDATE {LOCK_TABLE} SET expires_at_ms = {now} + {} WHERE name = '{LOCK_NAME}' \
+             AND holder = '{}'",
+            self.lease_ms, self.holder
+        )
+    }
+
     /// A read of the same condition, without locking.
     async fn peek<C: ConnectionTrait>(&self, txn: &C) -> Result<(), DbErr> {
         let backend = txn.get_database_backend();
@@ -472,8 +483,18 @@ impl MigrationLock {
                     );
                 }
                 let fence = Fence { holder, lease_ms };
+                // The statement that took the lease may have waited behind a
+                // row lock (a cut-off holder's open transaction) for most of
+                // a lease, so `sent` says little about when its lease began:
+                // one renewal now, and the lease counts from it.
+                let renewal_sent = Instant::now();
+                let taken = match exec(&db, &fence.renewal_sql(backend)).await {
+                    Ok(1) => renewal_sent,
+                    Ok(_) => sent,
+                    Err(e) => return Err(e.into()),
+                };
                 let (tx, lost) = tokio::sync::watch::channel(false);
-                let renewer = tokio::spawn(renew(db.clone(), fence.clone(), lease, sent, tx));
+                let renewer = tokio::spawn(renew(db.clone(), fence.clone(), lease, taken, tx));
                 *FENCE.write().unwrap_or_else(|p| p.into_inner()) = Some(fence.clone());
                 FENCE_LOCKS.store(
                     parsed.pooler() != Pooler::Transaction,
@@ -694,12 +715,7 @@ async fn renew(
     taken: Instant,
     lost: tokio::sync::watch::Sender<bool>,
 ) {
-    let backend = db.get_database_backend();
-    let now = now_ms(backend);
-    let sql = format!(
-        "UPDATE {LOCK_TABLE} SET expires_at_ms = {now} + {} WHERE name = '{LOCK_NAME}' AND holder = '{}'",
-        fence.lease_ms, fence.holder
-    );
+    let sql = fence.renewal_sql(db.get_database_backend());
     let every = lease / 6;
     let lost_after = lease * 2 / 3;
     // When the last renewal that succeeded was sent: the lease runs from
