@@ -24,9 +24,15 @@ pub fn is_connection_lost(e: &DbErr) -> bool {
     }
     match e {
         DbErr::ConnectionAcquire(_) => true,
+        // Opening a connection: a socket error, or something at the
+        // server's address that does not speak its protocol (a proxy or a
+        // load balancer whose server is gone accepts and hangs up).
         DbErr::Conn(RuntimeErr::SqlxError(err)) => matches!(
             err.as_ref(),
-            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+            sqlx::Error::Io(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
         ),
         _ => false,
     }
@@ -50,6 +56,10 @@ pub fn describe(e: &DbErr) -> String {
             .to_owned();
     }
     let line = match sqlx_error(e) {
+        Some(sqlx::Error::Protocol(what)) if matches!(e, DbErr::Conn(_)) => format!(
+            "the connection to the database server was lost (what answers at its address does \
+             not speak its protocol: {what})"
+        ),
         Some(err) => describe_sqlx(err),
         None => match e {
             DbErr::ConnectionAcquire(ConnAcquireErr::Timeout) => {
@@ -115,6 +125,20 @@ mod tests {
             "the connection to the database server was lost (expected to read 4 bytes)"
         );
         assert!(!line.contains("Execution Error"));
+    }
+
+    #[test]
+    fn a_proxy_without_its_server_is_a_lost_connection() {
+        let e = DbErr::Conn(RuntimeErr::SqlxError(Arc::new(sqlx::Error::Protocol(
+            "unexpected response from SSLRequest: 0x00".into(),
+        ))));
+        assert!(is_connection_lost(&e));
+        assert!(describe(&e).starts_with("the connection to the database server was lost"));
+        // The same on a connection already open is not a lost connection.
+        let e = DbErr::Exec(RuntimeErr::SqlxError(Arc::new(sqlx::Error::Protocol(
+            "unexpected message".into(),
+        ))));
+        assert!(!is_connection_lost(&e));
     }
 
     #[test]
