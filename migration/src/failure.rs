@@ -92,7 +92,9 @@ fn describe_sqlx(err: &sqlx::Error) -> String {
             let code = db.code().unwrap_or_default();
             // A prepared statement met on a server connection another client
             // used: a transaction pooler (PgBouncer) in between.
-            if matches!(code.as_ref(), "42P05" | "26000") && message.contains("sqlx_s_") {
+            // (42P05 already exists, 26000 does not exist, 08P01 a bind that
+            // does not fit: whichever statement of another client it met.)
+            if message.contains("prepared statement \"sqlx_s_") {
                 return format!(
                     "the database server said: {message} (SQLSTATE {code}): a transaction \
                      pooler such as PgBouncer sits in between; add `?pooler=transaction` to the \
