@@ -52,7 +52,7 @@ fn spawn(url: &str, args: &[&str]) -> Child {
         .current_dir(std::env::temp_dir())
         .env_remove("DATABASE_URL")
         .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the migration binary")
@@ -449,41 +449,24 @@ async fn older_binary_on_a_newer_database(t: TestDb) {
     ))
     .await;
     let history = t.migration_status().await;
-    let output = |args: &'static [&'static str]| {
-        let url = t.url.clone();
-        async move {
-            let child = Command::new(migration_bin())
-                .args(["-u", url.as_str()])
-                .args(args)
-                .current_dir(std::env::temp_dir())
-                .env_remove("DATABASE_URL")
-                .env("NO_COLOR", "1")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            finish(child).await
-        }
-    };
-    let out = output(&["status"]).await;
+    let out = finish(spawn(&t.url, &["status"])).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         text.contains(&format!("Applied  {future} (by a newer release")),
         "{text}"
     );
-    let out = output(&["status", "--format", "json"]).await;
+    let out = finish(spawn(&t.url, &["status", "--format", "json"])).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["ahead"], serde_json::json!([future]));
     assert_eq!(json["pending"], serde_json::json!([]));
-    let out = output(&["up"]).await;
+    let out = finish(spawn(&t.url, &["up"])).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stderr(&out).contains("newer release"), "{}", stderr(&out));
     assert!(stderr(&out).contains(future), "{}", stderr(&out));
     for down in [&["down"][..], &["down", "-n", "3"], &["reset", "--force"]] {
-        let args: &'static [&'static str] = down;
-        let out = output(args).await;
+        let out = finish(spawn(&t.url, down)).await;
         assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
         assert!(stderr(&out).contains("refusing"), "{}", stderr(&out));
         assert!(stderr(&out).contains(future), "{}", stderr(&out));

@@ -170,7 +170,7 @@ pub struct LockRow {
 
 /// What a step's commit checks: that the lease is still `holder`'s.
 #[derive(Clone, Debug)]
-pub struct Fence {
+pub(crate) struct Fence {
     holder: String,
     lease_ms: i64,
 }
@@ -225,7 +225,7 @@ impl Fence {
     ///
     /// # Errors
     /// As [`fence`].
-    pub async fn check<C: ConnectionTrait>(&self, txn: &C) -> Result<(), DbErr> {
+    pub(crate) async fn check<C: ConnectionTrait>(&self, txn: &C) -> Result<(), DbErr> {
         let backend = txn.get_database_backend();
         let now = now_ms(backend);
         let sql = format!(
@@ -596,14 +596,6 @@ impl MigrationLock {
                 let _ = l.lost.clone().wait_for(|lost| *lost).await;
             }
             _ => std::future::pending().await,
-        }
-    }
-
-    /// The fence of a held lease (`None` for the other locks).
-    pub fn fence(&self) -> Option<&Fence> {
-        match self {
-            Self::Lease(l) => Some(&l.fence),
-            _ => None,
         }
     }
 
