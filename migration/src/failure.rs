@@ -27,13 +27,21 @@ pub fn is_connection_lost(e: &DbErr) -> bool {
         // Opening a connection: a socket error, or something at the
         // server's address that does not speak its protocol (a proxy or a
         // load balancer whose server is gone accepts and hangs up).
-        DbErr::Conn(RuntimeErr::SqlxError(err)) => matches!(
-            err.as_ref(),
+        DbErr::Conn(RuntimeErr::SqlxError(err)) => match err.as_ref() {
             sqlx::Error::Io(_)
-                | sqlx::Error::Protocol(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-        ),
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed => true,
+            // A server that refuses connections for now: shutting down,
+            // crashed, starting up or recovering (57P01-57P03, MySQL 1053).
+            sqlx::Error::Database(db) => {
+                match db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+                    Some(my) => my.number() == 1053,
+                    None => matches!(db.code().as_deref(), Some("57P01" | "57P02" | "57P03")),
+                }
+            }
+            _ => false,
+        },
         _ => false,
     }
 }
